@@ -1,0 +1,32 @@
+"""pdnsr: prompt-guided dynamic super-resolution as a BasicSR plugin."""
+from setuptools import find_packages, setup
+
+setup(
+    name='pdnsr',
+    version='0.1.0',
+    description='Prompt-guided Dynamic Network (PDN) for image super-resolution, as a BasicSR plugin',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.9',
+    packages=find_packages(include=['pdnsr', 'pdnsr.*']),
+    install_requires=[
+        'basicsr==1.4.2',
+        'torch>=2.1',
+        'torchvision>=0.16',
+        'open_clip_torch>=2.20',
+        'lmdb>=1.4',
+        'opencv-python>=4.6',
+        'tensorboard>=2.10',
+        'numpy',
+        'pyyaml',
+        'tqdm',
+        'scikit-image',
+    ],
+    extras_require={'test': ['pytest>=7', 'ruff>=0.4']},
+    entry_points={
+        'console_scripts': [
+            'pdnsr-train=pdnsr.train:main',
+            'pdnsr-test=pdnsr.test:main',
+        ],
+    },
+)
