@@ -18,3 +18,32 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f'shared benchmark data not found at {SHARED_DATA} (only present on the project machines)')
     return SHARED_DATA
+
+
+@pytest.fixture(scope='session')
+def clip_encoder():
+    """The real open_clip ViT-B-32 architecture with random weights (pretrained='none'): no hub is reachable here,
+    so tests never load published weights. Built once per session."""
+    from pdnsr.prompts.encoder import PromptEncoder
+
+    torch.manual_seed(0)
+    return PromptEncoder('ViT-B-32', pretrained='none')
+
+
+@pytest.fixture(scope='session')
+def paired_data(tmp_path_factory, clip_encoder):
+    """Six 96x96 crops of scikit-image's photos as HR/LRx2 PNGs, with image and text prompt stores built by the
+    real builder from the random-weight CLIP. Returns a dict of paths."""
+    from pdnsr.prompts.build import build_prompt_store
+    from pdnsr.utils.sample_data import SAMPLE_CAPTIONS, sample_photos, write_pairs
+
+    root = tmp_path_factory.mktemp('paired')
+    photos = dict(list(sample_photos().items())[:6])
+    hr, lr = write_pairs(photos, str(root), scale=2, crop=96)
+    image_store = str(root / 'prompts_image.lmdb')
+    text_store = str(root / 'prompts_text.lmdb')
+    build_prompt_store('image', image_store, clip_encoder, images_dir=lr, progress=False)
+    build_prompt_store('text', text_store, clip_encoder, captions={k: SAMPLE_CAPTIONS[k] for k in photos},
+                       progress=False)
+    return {'root': str(root), 'hr': hr, 'lr': lr, 'image_store': image_store, 'text_store': text_store,
+            'keys': sorted(photos)}

@@ -1,0 +1,216 @@
+"""Training and testing through basicsr's pipelines (pdnsr/train.py, pdnsr/test.py) on CPU, end to end.
+
+Real images (scikit-image photos written to a temp dir), real prompt LMDBs built by the real builder from the
+open_clip ViT-B-32 architecture with random weights (no hub here), real subprocesses of the CLI entry points.
+"""
+import copy
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO_ROOT
+from pdnsr.archs.dcm_arch import dcm_modules
+
+TINY_NETS = {
+    'EDSRPlus': dict(num_feat=16, num_block=2, prompt_dim=512),
+    'RCANPlus': dict(num_feat=16, num_group=2, num_block=2, squeeze_factor=4, prompt_dim=512, num_dcm_per_group=2),
+    'EDSR': dict(num_feat=16, num_block=2),
+}
+
+
+def tiny_options(data, name, net_type='EDSRPlus', total_iter=30, every_epochs=1, **train_extra):
+    plus = net_type.endswith('Plus')
+    dataset = dict(name='tiny', type='PromptPairedImageDataset' if plus else 'PairedImageDataset',
+                   dataroot_gt=data['hr'], dataroot_lq=data['lr'], io_backend=dict(type='disk'))
+    if plus:
+        dataset['dataroot_prompt'] = data['image_store']
+    train_set = dict(dataset, gt_size=32, use_hflip=True, use_rot=True, num_worker_per_gpu=0, batch_size_per_gpu=2,
+                     dataset_enlarge_ratio=1, prefetch_mode=None)
+    opt = dict(
+        name=name, model_type='PDNModel', scale=2, num_gpu=0, manual_seed=0,
+        datasets=dict(train=train_set, val=dict(dataset, name='tinyval')),
+        network_g=dict(type=net_type, num_in_ch=3, num_out_ch=3, upscale=2, **TINY_NETS[net_type]),
+        path=dict(pretrain_network_g=None, strict_load_g=True, resume_state=None),
+        train=dict(ema_decay=0.9, optim_g=dict(type='Adam', lr=2e-3, betas=[0.9, 0.999], eps=1e-8),
+                   scheduler=dict(type='CosineAnnealingRestartLR', periods=[total_iter], restart_weights=[1],
+                                  eta_min=1e-5),
+                   total_iter=total_iter, warmup_iter=-1, pixel_opt=dict(type='L1Loss', loss_weight=1.0),
+                   **train_extra),
+        val=dict(val_freq=total_iter, save_img=True,
+                 metrics=dict(psnr=dict(type='calculate_psnr', crop_border=2, test_y_channel=True))),
+        logger=dict(print_freq=5, save_checkpoint_freq=10, use_tb_logger=True),
+    )
+    if plus:
+        opt['train']['temperature'] = dict(init=34, step=3, every_epochs=every_epochs, min=1)
+    return opt
+
+
+def run_cli(script, opt, root, *args, timeout=240):
+    path = os.path.join(root, f'{opt["name"]}_{script}.yml')
+    with open(path, 'w') as f:
+        yaml.safe_dump(opt, f)
+    env = dict(os.environ, PDNSR_ROOT=str(root), OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'pdnsr', script), '-opt', path, *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def log_values(log, key):
+    """Values of ``key`` in basicsr's training log lines, in order (e.g. l_pix, temperature)."""
+    return [float(v) for v in re.findall(rf'{key}: ([-+0-9.e]+)', log)]
+
+
+@pytest.mark.parametrize('net_type', ['EDSRPlus', 'RCANPlus'])
+def test_train_end_to_end(paired_data, tmp_path, net_type):
+    opt = tiny_options(paired_data, f'e2e_{net_type}', net_type, total_iter=40)
+    log = run_cli('train.py', opt, tmp_path)
+    losses = log_values(log, 'l_pix')
+    assert len(losses) == 8
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, f'loss did not go down: {losses}'
+    assert re.search(r'# psnr: \d+\.\d+', log), 'validation PSNR was not logged'
+    exp = tmp_path / 'experiments' / opt['name']
+    assert {'net_g_10.pth', 'net_g_40.pth', 'net_g_latest.pth'} <= set(os.listdir(exp / 'models'))
+    assert {'10.state', '40.state'} <= set(os.listdir(exp / 'training_states'))
+    assert glob.glob(str(tmp_path / 'tb_logger' / opt['name'] / 'events.out.tfevents.*'))
+    ckpt = torch.load(exp / 'models' / 'net_g_40.pth', map_location='cpu')
+    assert set(ckpt) == {'params', 'params_ema'}
+    # 6 images / batch 2 = 3 iterations per epoch; T drops by 3 every epoch: epoch 13 (iter 40) -> 34 - 39 < 1.
+    temps = [k for k in ckpt['params_ema'] if k.endswith('temperature')]
+    assert temps and all(ckpt['params_ema'][k].item() == 1.0 and ckpt['params'][k].item() == 1.0 for k in temps)
+    assert log_values(log, 'temperature')[:2] == [31.0, 28.0]  # iterations 5 (epoch 1) and 10 (epoch 3)
+
+
+def test_baseline_trains_under_the_same_model(paired_data, tmp_path):
+    opt = tiny_options(paired_data, 'e2e_edsr', 'EDSR', total_iter=10)
+    log = run_cli('train.py', opt, tmp_path)
+    assert log_values(log, 'l_pix') and 'temperature' not in log.split('Start training')[-1]
+
+
+def test_auto_resume_continues_schedule_and_optimizer(paired_data, tmp_path):
+    full = tiny_options(paired_data, 'full', total_iter=30)
+    full_log = run_cli('train.py', full, tmp_path)
+    part = tiny_options(paired_data, 'resumed', total_iter=15)
+    part['logger']['save_checkpoint_freq'] = 15
+    run_cli('train.py', part, tmp_path)
+    resumed = tiny_options(paired_data, 'resumed', total_iter=30)  # same recipe, continued
+    resumed['logger']['save_checkpoint_freq'] = 15
+    log = run_cli('train.py', resumed, tmp_path, '--auto_resume')
+    assert 'Resuming training from epoch: 4, iter: 15' in log
+    assert log_values(log, 'temperature') == log_values(full_log, 'temperature')[3:]
+    assert log_values(log, 'lr')[:1] == log_values(full_log, 'lr')[3:4]  # cosine schedule continues too
+    state = torch.load(tmp_path / 'experiments' / 'resumed' / 'training_states' / '30.state', map_location='cpu',
+                       weights_only=False)
+    steps = {int(s['step']) for s in state['optimizers'][0]['state'].values()}
+    assert steps == {30}, f'Adam state did not continue from iteration 15: {steps}'
+
+
+def test_test_script_writes_images_metrics_and_attention(paired_data, tmp_path):
+    train = tiny_options(paired_data, 'for_test', total_iter=10)
+    run_cli('train.py', train, tmp_path)
+    weights = str(tmp_path / 'experiments' / 'for_test' / 'models' / 'net_g_latest.pth')
+    val = copy.deepcopy(train['datasets']['val'])
+    opt = dict(name='tiny_test', model_type='PDNModel', scale=2, num_gpu=0, manual_seed=0,
+               datasets=dict(test_1=dict(val, name='tinytest', dataroot_prompt=paired_data['text_store'])),
+               network_g=train['network_g'], path=dict(pretrain_network_g=weights, param_key_g='params_ema',
+                                                       strict_load_g=True),
+               val=dict(save_img=True, suffix=None, save_attention=[0, -1], metrics=train['val']['metrics']))
+    run_cli('test.py', opt, tmp_path)
+    results = tmp_path / 'results' / 'tiny_test'
+    table = (results / 'metrics.md').read_text()
+    assert re.search(r'\| tinytest \| \d+\.\d{4} \|', table), table
+    pictures = os.listdir(results / 'visualization' / 'tinytest')
+    for key in paired_data['keys']:
+        assert f'{key}_tiny_test.png' in pictures
+        assert {f'{key}_tiny_test_attention_dcm0.png', f'{key}_tiny_test_attention_dcm1.png'} <= set(pictures)
+
+
+def build_model(opt):
+    from basicsr.models import build_model as basicsr_build_model
+
+    opt = copy.deepcopy(opt)
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
+    opt['path'].update(experiments_root='unused', models='unused', training_states='unused', log='unused',
+                       visualization='unused')
+    for dataset_opt in opt['datasets'].values():
+        dataset_opt.setdefault('phase', 'train')
+        dataset_opt['scale'] = opt['scale']
+    return basicsr_build_model(opt)
+
+
+def test_temperature_schedule_paper_values_on_both_networks(paired_data):
+    opt = tiny_options(paired_data, 'sched', total_iter=1000, every_epochs=10)
+    model = build_model(opt)
+    per_epoch = 3  # 6 images, batch 2, one process, enlarge ratio 1
+    for epoch, expected in ((0, 34), (9, 34), (10, 31), (95, 7)):
+        for it in (epoch * per_epoch + 1, (epoch + 1) * per_epoch):  # first and last iteration of the epoch
+            model.update_learning_rate(it)
+            temps = {d.temperature.item() for net in (model.net_g, model.net_g_ema) for d in dcm_modules(net)}
+            assert temps == {expected}, (epoch, it, temps)
+
+
+def test_enlarge_ratio_and_batch_count_like_basicsr(paired_data):
+    opt = tiny_options(paired_data, 'sched2', total_iter=1000, every_epochs=1)
+    opt['datasets']['train'].update(dataset_enlarge_ratio=3, batch_size_per_gpu=4)
+    model = build_model(opt)
+    model.update_learning_rate(5)  # ceil(6 * 3 / 4) = 5 iterations per epoch: still epoch 0
+    assert model.current_temperature == 34
+    model.update_learning_rate(6)
+    assert model.current_temperature == 31
+
+
+def test_clear_errors_before_training(paired_data, tmp_path):
+    opt = tiny_options(paired_data, 'bad')
+    no_prompts = copy.deepcopy(opt)
+    del no_prompts['datasets']['val']['dataroot_prompt']
+    no_prompts['datasets']['val']['type'] = 'PairedImageDataset'
+    with pytest.raises(ValueError, match=r'datasets.val: network_g type EDSRPlus takes prompts'):
+        build_model(no_prompts)
+    wrong_dim = copy.deepcopy(opt)
+    wrong_dim['network_g']['prompt_dim'] = 256
+    with pytest.raises(ValueError, match=r'size 512 but network_g.prompt_dim is 256'):
+        build_model(wrong_dim)
+    unknown = copy.deepcopy(opt)
+    unknown['network_g']['dcm'] = dict(num_kernel=4)
+    with pytest.raises(ValueError, match=r"unknown DCM option\(s\) \['num_kernel'\]"):
+        build_model(unknown)
+    unknown_net = copy.deepcopy(opt)
+    unknown_net['network_g']['prompt_dims'] = 512
+    with pytest.raises(ValueError, match=r"network_g: unknown option\(s\) \['prompt_dims'\]"):
+        build_model(unknown_net)
+    bad_sched = copy.deepcopy(opt)
+    bad_sched['train']['temperature'] = dict(start=34)
+    with pytest.raises(ValueError, match=r"train.temperature: unknown option\(s\) \['start'\]"):
+        build_model(bad_sched)
+    missing_store = copy.deepcopy(opt)
+    missing_store['datasets']['val']['dataroot_prompt'] = str(tmp_path / 'nowhere.lmdb')
+    with pytest.raises(FileNotFoundError, match='nowhere.lmdb'):
+        build_model(missing_store)
+
+
+def test_torchrun_two_processes_on_cpu_agree(paired_data, tmp_path):
+    """Two gloo processes train a few iterations through basicsr's pipeline; every rank dumps its weights."""
+    opt = tiny_options(paired_data, 'ddp', total_iter=6)
+    opt['model_type'] = 'WeightDumpingPDNModel'
+    opt['val']['val_freq'] = 1000
+    opt_path = tmp_path / 'ddp.yml'
+    opt_path.write_text(yaml.safe_dump(opt))
+    env = dict(os.environ, PDNSR_ROOT=str(tmp_path), OMP_NUM_THREADS='1', DUMP_DIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29731',
+         os.path.join(REPO_ROOT, 'tests', 'ddp_train_and_dump.py'), '-opt', str(opt_path), '--launcher', 'pytorch'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / 'weights_rank0.pth')
+    rank1 = torch.load(tmp_path / 'weights_rank1.pth')
+    assert rank0.keys() == rank1.keys()
+    for k in rank0:
+        torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0)
+    fresh = build_model(tiny_options(paired_data, 'ddp_fresh', total_iter=6)).net_g.state_dict()
+    assert any(not torch.equal(rank0[k], fresh[k]) for k in rank0), 'training did not change the weights'
