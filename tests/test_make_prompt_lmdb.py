@@ -181,7 +181,9 @@ def test_killed_build_leaves_no_store_and_resume_matches_uninterrupted(tmp_path,
     args = ['--kind', 'image', '--images', str(tmp_path / 'imgs'), '--out', out, '--clip-pretrained', 'none',
             '--batch-size', '1', '--no-progress']  # fmt: skip
     # Run as a user would, from the repository root; SIGKILL gives the builder no chance to clean up.
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, stderr=subprocess.PIPE)
+    # Same thread count as this process: float results may depend on it, and the values must match bit for bit.
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
         while _entries(partial_path(out)) < 3:  # the build record + 2 keys

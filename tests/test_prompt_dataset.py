@@ -1,7 +1,8 @@
 """PromptPairedImageDataset on real HR/LR PNGs (LR by basicsr's MATLAB-style imresize) and a real prompt LMDB.
 
 The prompt values are synthetic unit vectors written with PromptStoreWriter: what matters here is which row each
-sample gets, so no CLIP model is needed (the encoder and builder are tested in their own modules).
+sample gets, so no CLIP model is needed (the encoder and builder are tested in their own modules). conftest.py
+imports pdnsr (which makes basicsr importable) before this module.
 """
 
 import copy
@@ -10,14 +11,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from basicsr.data import build_dataset
+from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+from basicsr.utils.matlab_functions import imresize
+from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import DataLoader
 
-import pdnsr  # noqa: F401  (compat before basicsr)
-from basicsr.data import build_dataset  # noqa: E402
-from basicsr.utils.lmdb_util import make_lmdb_from_imgs  # noqa: E402
-from basicsr.utils.matlab_functions import imresize  # noqa: E402
-from basicsr.utils.registry import DATASET_REGISTRY  # noqa: E402
-from pdnsr.data import PromptPairedImageDataset, PromptStoreWriter  # noqa: E402
+from pdnsr.data import PromptPairedImageDataset, PromptStoreWriter
 
 D = 512
 SCALE = 2
@@ -108,7 +108,9 @@ def test_mean_choice_is_normalised_mean(data):
     root, prompts = data
     dataset = PromptPairedImageDataset(_opt(root, phase='val', prompt_choice='mean'))
     mean = prompts['0001'].mean(axis=0)
-    np.testing.assert_allclose(dataset[_index(dataset, '0001')]['prompt'].numpy(), mean / np.linalg.norm(mean), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        dataset[_index(dataset, '0001')]['prompt'].numpy(), mean / np.linalg.norm(mean), rtol=0, atol=1e-6
+    )
 
 
 def test_dataloader_with_two_workers(data):
@@ -125,7 +127,10 @@ def test_lmdb_image_backend_uses_keys(data, tmp_path):
     root, prompts = data
     for sub in ('HR', 'LR'):
         files = sorted(p.name for p in (root / sub).iterdir())
-        make_lmdb_from_imgs(str(root / sub), str(tmp_path / f'{sub}.lmdb'), files, [f[:-4] for f in files])
+        # basicsr sizes the map from the first image (x10); explicit for images this small
+        make_lmdb_from_imgs(
+            str(root / sub), str(tmp_path / f'{sub}.lmdb'), files, [f[:-4] for f in files], map_size=1 << 22
+        )
     opt = _opt(root, phase='val', io_backend={'type': 'lmdb'})
     opt.update(dataroot_gt=str(tmp_path / 'HR.lmdb'), dataroot_lq=str(tmp_path / 'LR.lmdb'))
     dataset = PromptPairedImageDataset(opt)

@@ -149,7 +149,9 @@ class PromptStore:
         try:
             entry = _shared_env(path, data_file)
         except lmdb.Error as err:
-            raise ValueError(f'Prompt store {path} cannot be opened as LMDB ({err}); it is corrupt: rebuild it.') from err
+            raise ValueError(
+                f'Prompt store {path} cannot be opened as LMDB ({err}); it is corrupt: rebuild it.'
+            ) from err
         env = entry.env
         # A data.mdb shorter than the pages its header uses would be mmapped and crash the process with SIGBUS on
         # the first read past the end; refuse it here instead.
@@ -182,7 +184,9 @@ class PromptStore:
             count = int(meta['count'])
             version = int(meta.get('format_version', 0))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-            raise ValueError(f'Prompt store {self._path}: metadata {META_KEY!r} is corrupt ({err!r}); rebuild it.') from err
+            raise ValueError(
+                f'Prompt store {self._path}: metadata {META_KEY!r} is corrupt ({err!r}); rebuild it.'
+            ) from err
         if version != FORMAT_VERSION:
             raise ValueError(
                 f'Prompt store {self._path} has format version {version}; this pdnsr reads version {FORMAT_VERSION}.'
@@ -247,7 +251,9 @@ class PromptStore:
         if self._keys is None:
             reserved = {k.encode() for k in RESERVED_KEYS}
             with self._env.begin(write=False) as txn:
-                self._keys = [bytes(k).decode('utf-8') for k in txn.cursor().iternext(values=False) if k not in reserved]
+                self._keys = [
+                    bytes(k).decode('utf-8') for k in txn.cursor().iternext(values=False) if k not in reserved
+                ]
         return list(self._keys)
 
     def __len__(self):

@@ -88,7 +88,9 @@ def load_captions(path, subset=None):
 
     if 'images' in data and 'annotations' in data:
         if subset is not None:
-            raise ValueError(f'Caption file {path} is COCO-format; it has no sets, so --captions-subset does not apply.')
+            raise ValueError(
+                f'Caption file {path} is COCO-format; it has no sets, so --captions-subset does not apply.'
+            )
         try:
             return _load_coco(data, path)
         except (KeyError, TypeError) as err:
@@ -208,7 +210,8 @@ def build_prompt_store(
         raise FileExistsError(f'{out} already exists; pass --overwrite to replace it.')
     if os.path.exists(partial_path(out)) and not (resume or overwrite):
         raise FileExistsError(
-            f'An unfinished build {partial_path(out)} exists; pass --resume to continue it or --overwrite to start over.'
+            f'An unfinished build {partial_path(out)} exists; pass --resume to continue it or --overwrite to start '
+            'over.'
         )
 
     if isinstance(captions, (str, os.PathLike)):
@@ -237,7 +240,9 @@ def build_prompt_store(
             logger.warning(f'{len(stale)} keys of the unfinished build are not in the current inputs; kept.')
         if len(todo) < len(keys):
             logger.info(f'Resuming {writer.partial}: {len(keys) - len(todo)} of {len(keys)} keys already done.')
-        bar = tqdm(total=len(keys), initial=len(keys) - len(todo), unit='key', desc=f'{kind} prompts', disable=not progress)
+        bar = tqdm(
+            total=len(keys), initial=len(keys) - len(todo), unit='key', desc=f'{kind} prompts', disable=not progress
+        )
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             writer.write_batch(zip(chunk, _encode_chunk(kind, chunk, encoder, captions, images, view, batch_size)))
@@ -255,7 +260,11 @@ def _encode_chunk(kind, keys, encoder, captions, images, view, batch_size):
         return [row[None].numpy() for row in emb]
     if kind == 'mixed':
         embs = encoder.encode_mixed(
-            [captions[k] for k in keys], [read_rgb(images[k]) for k in keys], view=view, keys=keys, batch_size=batch_size
+            [captions[k] for k in keys],
+            [read_rgb(images[k]) for k in keys],
+            view=view,
+            keys=keys,
+            batch_size=batch_size,
         )
         return [e.numpy() for e in embs]
     flat = [c for k in keys for c in captions[k]]

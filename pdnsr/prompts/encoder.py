@@ -223,7 +223,9 @@ class PromptEncoder:
             raise ValueError(f'encode_text: {len(texts)} texts but {len(keys)} keys.')
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise ValueError(f'encode_text: caption of {keys[i] if keys else i!r} is {type(text).__name__}, not str.')
+                raise ValueError(
+                    f'encode_text: caption of {keys[i] if keys else i!r} is {type(text).__name__}, not str.'
+                )
         if not texts:
             return self._empty()
         batch_size = batch_size or self.batch_size

@@ -1,0 +1,142 @@
+"""Helpers shared by the benchmark scripts: arguments, interleaved median timing, markdown tables, header line.
+
+Timing rule (one implementation for every script): warm every candidate up, then run them interleaved
+(A B A B ...) ``reps`` times and report the median of each. Interleaving matters on a shared machine: a burst of
+load from another process slows A and B alike instead of only whichever ran during the burst, so ratios of
+medians are far steadier than ratios of separately taken timings. On CUDA every sample is timed with CUDA events
+around the call, after ``torch.cuda.synchronize()``.
+"""
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import pdnsr  # noqa: E402,F401  (before basicsr: applies the compat patches and registers the archs)
+import torch  # noqa: E402
+
+
+def make_parser(description):
+    """ArgumentParser with the options every benchmark takes: --device, --quick, --threads, --reps."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    parser.add_argument('--quick', action='store_true', help='tiny sizes and one repetition: a smoke run, not a '
+                        'measurement')
+    parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads on CPU (default 2)')
+    parser.add_argument('--reps', type=int, default=None, help='timed repetitions per candidate (median reported)')
+    return parser
+
+
+def setup(args):
+    """Apply --threads, check --device; returns the torch.device."""
+    torch.set_num_threads(args.threads)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('--device cuda: no CUDA device is available here; use --device cpu')
+    return torch.device(args.device)
+
+
+def command_line():
+    """The command that produced the output, as a user would type it from the repository root."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO_ROOT)
+    return ' '.join(['.venv/bin/python', shlex.quote(script), *map(shlex.quote, sys.argv[1:])])
+
+
+def header(device):
+    """One line naming what the numbers were measured on."""
+    dev = torch.device(device)
+    if dev.type == 'cuda':
+        where = f'cuda: {torch.cuda.get_device_name(dev)}'
+    else:
+        where = f'cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores'
+    return f'torch {torch.__version__}, threads {torch.get_num_threads()}, device {where}'
+
+
+def print_header(device, title):
+    print(f'## {title}\n')
+    print(f'command: `{command_line()}`  ')
+    print(f'{header(device)}\n', flush=True)
+
+
+def sync(device):
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def _time_once(fn, device):
+    if torch.device(device).type == 'cuda':
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_interleaved(fns, device='cpu', reps=5, warmup=1):
+    """Median seconds of each callable in ``fns`` ({name: fn}), timed interleaved A B A B ... after warm-up.
+
+    Returns {name: (median_s, all_samples)}.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    samples = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            samples[name].append(_time_once(fn, device))
+    return {name: (statistics.median(s), s) for name, s in samples.items()}
+
+
+def paired_ratio(samples_a, samples_b):
+    """Median over interleaved rounds of A_i / B_i: robust to load that drifts slowly across rounds."""
+    return statistics.median(a / b for a, b in zip(samples_a, samples_b))
+
+
+def spread(samples):
+    """'min–max' of a list of seconds in ms, to show how noisy a median is."""
+    return f'{min(samples) * 1e3:.1f}–{max(samples) * 1e3:.1f}'
+
+
+def markdown_table(headers, rows):
+    """A markdown table as a string; cells are formatted with str()."""
+    lines = ['| ' + ' | '.join(map(str, headers)) + ' |', '|' + '|'.join('---' for _ in headers) + '|']
+    lines += ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows]
+    return '\n'.join(lines)
+
+
+def print_table(headers, rows):
+    print(markdown_table(headers, rows) + '\n', flush=True)
+
+
+def fwd_bwd(net, inputs, grad_out=None):
+    """Closure running forward + backward of ``net(*inputs)`` against a fixed output gradient (grads zeroed)."""
+    state = {'grad': grad_out}
+
+    def step():
+        net.zero_grad(set_to_none=True)
+        for t in inputs:
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                t.grad = None
+        out = net(*inputs)
+        if state['grad'] is None:
+            state['grad'] = torch.randn_like(out)
+        out.backward(state['grad'])
+
+    return step
+
+
+def verdict(value, target, smaller_is_better=True):
+    ok = value <= target if smaller_is_better else value >= target
+    return f'{"met" if ok else "MISSED"} (target ≤ {target})'
