@@ -27,6 +27,8 @@ setup(
         'console_scripts': [
             'pdnsr-train=pdnsr.train:main',
             'pdnsr-test=pdnsr.test:main',
+            'pdnsr-infer=pdnsr.inference:main',
+            'pdnsr-demo=pdnsr.demo:main',
         ],
     },
 )

@@ -1,0 +1,79 @@
+"""Forward + backward time of each "+" network divided by its baseline's, same sizes, timed interleaved.
+
+Sizes (the issue's): 64 features, 48 x 48 LR patches, batch 4, x4 upscaling, prompt_dim 512, default DCM options.
+RCAN: the full 10 groups x 20 blocks and a 2-group (x 20 blocks) one; RDN: D = 16, C = 8, G = 64; EDSR: 16 blocks.
+
+    .venv/bin/python benchmarks/bench_networks.py [--device cpu|cuda] [--quick] [--only rcan,rdn,edsr]
+"""
+import torch
+from basicsr.archs.edsr_arch import EDSR
+from basicsr.archs.rcan_arch import RCAN
+from common import (fwd_bwd, make_parser, paired_ratio, print_header, print_table, setup, spread, time_interleaved,
+                    verdict)
+
+from pdnsr.archs.edsr_plus_arch import EDSRPlus
+from pdnsr.archs.rcan_plus_arch import RCANPlus
+from pdnsr.archs.rdn_arch import RDN, RDNPlus
+
+
+def configs(quick, scale):
+    """(key, label, baseline class, "+" class, kwargs, target)."""
+    if quick:
+        return [
+            ('edsr', 'EDSR+ / EDSR (2 blocks, 8 feat)', EDSR, EDSRPlus, dict(num_feat=8, num_block=2), 1.8),
+            ('rcan', 'RCAN+ / RCAN (1 group x 3 blocks, 8 feat)', RCAN, RCANPlus,
+             dict(num_feat=8, num_group=1, num_block=3, squeeze_factor=4), 1.08),
+            ('rdn', 'RDN+ / RDN (D2 C2 G8, 8 feat)', RDN, RDNPlus,
+             dict(num_feat=8, num_block=2, num_layer=2, growth=8), 1.15),
+        ]
+    return [
+        ('edsr', 'EDSR+ / EDSR (16 blocks, 64 feat)', EDSR, EDSRPlus, dict(num_feat=64, num_block=16), 1.8),
+        ('rcan', 'RCAN+ / RCAN (2 groups x 20 blocks, 64 feat)', RCAN, RCANPlus,
+         dict(num_feat=64, num_group=2, num_block=20, squeeze_factor=16), 1.08),
+        ('rcan', 'RCAN+ / RCAN (10 groups x 20 blocks, 64 feat)', RCAN, RCANPlus,
+         dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16), 1.08),
+        ('rdn', 'RDN+ / RDN (D16 C8 G64, 64 feat)', RDN, RDNPlus,
+         dict(num_feat=64, num_block=16, num_layer=8, growth=64), 1.15),
+    ]
+
+
+def main():
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument('--batch', type=int, default=4)
+    parser.add_argument('--size', type=int, default=48)
+    parser.add_argument('--scale', type=int, default=4)
+    parser.add_argument('--prompt-dim', type=int, default=512)
+    parser.add_argument('--only', default='', help='comma-separated subset of edsr,rcan,rdn')
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.size, args.prompt_dim = 1, 12, 16
+    reps = args.reps or (1 if args.quick else 5)
+    device = setup(args)
+    only = set(filter(None, args.only.split(',')))
+
+    print_header(device, f'"+" network ÷ baseline, forward + backward (batch {args.batch}, {args.size}x{args.size} '
+                 f'LR, x{args.scale}, prompt_dim {args.prompt_dim}, {reps} interleaved rounds)')
+    rows = []
+    for key, label, base_cls, plus_cls, kwargs, target in configs(args.quick, args.scale):
+        if only and key not in only:
+            continue
+        torch.manual_seed(0)
+        common_kw = dict(num_in_ch=3, num_out_ch=3, upscale=args.scale, **kwargs)
+        base = base_cls(**common_kw).to(device)
+        plus = plus_cls(prompt_dim=args.prompt_dim, **common_kw).to(device)
+        x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+        prompt = torch.randn(args.batch, args.prompt_dim, device=device)
+        res = time_interleaved({'base': fwd_bwd(base, (x,)), 'plus': fwd_bwd(plus, (x, prompt))}, device, reps=reps)
+        (tb, sb), (tp, sp) = res['base'], res['plus']
+        ratio = paired_ratio(sp, sb)
+        rows.append([label, f'{tb * 1e3:.0f}', f'{tp * 1e3:.0f}', spread(sb), spread(sp), f'{tp / tb:.3f}',
+                     f'{ratio:.3f}', verdict(ratio, target)])
+        print(f'  measured {label}', flush=True)
+        del base, plus
+    print()
+    print_table(['pair', 'baseline ms', '"+" ms', 'baseline min–max', '"+" min–max', 'median ÷ median',
+                 'median of per-round ratios', 'target'], rows)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,24 @@
+"""Super-resolve images with a pdnsr network: ``pdnsr.inference.main`` (also installed as ``pdnsr-infer``).
+
+Example (from the repository root):
+
+    python scripts/inference_pdnsr.py --opt options/test_rcan_x4.yml --weights experiments/model.pth \\
+        --input datasets/benchmarks/Set5/LRx4 --output results/set5_x4 --prompt "a baby wearing a knitted hat"
+
+See docs/inference.md for every option.
+"""
+
+import os
+import sys
+
+try:
+    import pdnsr  # noqa: F401  (applies the basicsr compatibility patches)
+except ImportError:
+    # Run from a checkout that was not pip-installed.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import pdnsr  # noqa: F401
+
+from pdnsr.inference import main  # noqa: E402
+
+if __name__ == '__main__':
+    sys.exit(main(prog=os.path.basename(sys.argv[0])))
