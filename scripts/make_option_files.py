@@ -65,10 +65,11 @@ def network_section(net, plus, scale, dcm=None):
     return text
 
 
-def dataset_section(key, name, root, lq_dir, prompt, phase, scale, plus):
+def dataset_section(key, name, root, lq_dir, prompt, phase, scale, plus, gt_dir='HR'):
+    """Folder layouts are those written by scripts/data_preparation/ (docs/data_preparation.md)."""
     text = f'  {key}:\n    name: {name}\n'
     text += f'    type: {"PromptPairedImageDataset" if plus else "PairedImageDataset"}\n'
-    text += f'    dataroot_gt: {root}/HR\n    dataroot_lq: {root}/{lq_dir}\n'
+    text += f'    dataroot_gt: {root}/{gt_dir}\n    dataroot_lq: {root}/{lq_dir}\n'
     if plus:
         text += f'    dataroot_prompt: {prompt}\n'
     text += '    io_backend:\n      type: disk\n'
@@ -81,33 +82,42 @@ def dataset_section(key, name, root, lq_dir, prompt, phase, scale, plus):
 
 
 def coco_train_data(scale, plus):
-    root = 'datasets/COCO/train_sub'
-    return dataset_section('train', 'COCO', root, f'LRx{scale}', f'{root}/prompts_text.lmdb', 'train', scale, plus)
+    root = 'datasets/coco_train'
+    return dataset_section('train', 'COCO', root, f'LRx{scale}', f'{root}/prompts_text.lmdb', 'train', scale, plus,
+                           gt_dir='GT')
 
 
 def benchmark_data(key, name, kind, scale, plus):
-    root = f'datasets/benchmarks/{name}'
-    return dataset_section(key, name, root, f'LRx{scale}', f'{root}/prompts_{kind}_x{scale}.lmdb', 'test', scale,
-                           plus)
+    root = f'datasets/{name}_x{scale}'
+    store = 'prompts_text.lmdb' if kind == 'text' else f'prompts_{kind}_x{scale}.lmdb'
+    return dataset_section(key, name, root, f'LRx{scale}', f'{root}/{store}', 'test', scale, plus)
+
+
+def face_hr_size(scale):
+    """HR side of the prepared faces: 48x48 LR patches need 384 px at x8 and 768 px at x16
+    (prepare_faces.py --hr-size 512 / 1024)."""
+    return 512 if scale <= 8 else 1024
 
 
 def face_train_data(scale, plus):
-    root = 'datasets/FFHQ'
+    root = f'datasets/ffhq_{face_hr_size(scale)}'
     return dataset_section('train', 'FFHQ', root, f'LRx{scale}', f'{root}/prompts_image_x{scale}.lmdb', 'train',
                            scale, plus)
 
 
 def face_test_data(key, scale, plus):
-    root = 'datasets/CelebAHQ'
+    root = f'datasets/celebahq_{face_hr_size(scale)}'
     return dataset_section(key, 'CelebA-HQ', root, f'LRx{scale}', f'{root}/prompts_image_x{scale}.lmdb', 'test',
                            scale, plus)
 
 
-def metrics(scale, crop=True):
-    border = scale if crop else 0
-    return ('  metrics:\n'
-            f'    psnr:\n      type: calculate_psnr\n      crop_border: {border}\n      test_y_channel: true\n'
-            f'    ssim:\n      type: calculate_ssim\n      crop_border: {border}\n      test_y_channel: true\n')
+def metrics(scale, niqe=False):
+    text = ('  metrics:\n'
+            f'    psnr:\n      type: calculate_psnr\n      crop_border: {scale}\n      test_y_channel: true\n'
+            f'    ssim:\n      type: calculate_ssim\n      crop_border: {scale}\n      test_y_channel: true\n')
+    if niqe:  # no-reference and slow: offered, not on by default
+        text += f'    # niqe:\n    #   type: calculate_niqe\n    #   crop_border: {scale}\n'
+    return text
 
 
 def train_file(name, title, net, plus, scale, train_data, val_data, num_images, dataset_name, dcm=None,
@@ -156,7 +166,7 @@ def test_file(name, title, net, plus, scale, test_sets, weights):
              'val:\n  save_img: true\n  suffix: ~\n')
     if plus:
         text += '  save_attention: false  # or DCM indices, e.g. [0, -1]: heat maps beside the SR images\n'
-    text += metrics(scale)
+    text += metrics(scale, niqe=True)
     return text
 
 

@@ -52,7 +52,8 @@ class PromptPairedImageDataset(PairedImageDataset):
         pattern = opt.get('prompt_key_pattern', DEFAULT_SUBIMAGE_PATTERN)
         self.prompt_store = PromptStore(opt['dataroot_prompt'], expected_dim=opt.get('prompt_dim'))
         self.prompt_keys = self._match_prompt_keys(pattern)
-        # Nothing may stay open when DataLoader workers fork; each worker re-opens the store on its first read.
+        # Drop this reader's handle: each DataLoader worker opens its own on its first read (the store notices the
+        # new process id), and the main process only reads again if it iterates itself (num_workers: 0).
         self.prompt_store.close()
 
     def _image_key(self, gt_path):

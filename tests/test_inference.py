@@ -1,0 +1,465 @@
+"""pdnsr.inference: library (build, load, super-resolve whole / tiled) and the pdnsr-infer CLI on real images."""
+
+import json
+import math
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pdnsr import inference
+from pdnsr.inference import (
+    build_network_from_options,
+    image_to_tensor,
+    load_weights,
+    main,
+    read_image,
+    super_resolve,
+    tensor_to_bgr,
+)
+from pdnsr.utils.sample_data import SAMPLE_CAPTIONS
+
+EDSR_PLUS = """
+network_g:
+  type: EDSRPlus
+  num_in_ch: 3
+  num_out_ch: 3
+  num_feat: 8
+  num_block: 2
+  upscale: 2
+  prompt_dim: {prompt_dim}
+"""
+RDN_PLUS = """
+network_g:
+  type: RDNPlus
+  num_feat: 8
+  num_block: 2
+  num_layer: 2
+  growth: 8
+  upscale: 2
+"""
+RDN = RDN_PLUS.replace('RDNPlus', 'RDN')
+
+
+def _make_model(root, name, yaml_text, seed=0):
+    """Write ``<name>.yml`` and a basicsr checkpoint ``<name>.pth`` of a freshly seeded network; return paths."""
+    opt = os.path.join(root, f'{name}.yml')
+    with open(opt, 'w') as f:
+        f.write(yaml_text)
+    torch.manual_seed(seed)
+    net = build_network_from_options(opt)
+    # Untrained DCMs start close to the identity residual; larger kernels make the prompt visibly matter.
+    for m in net.modules():
+        if hasattr(m, 'reset_parameters') and type(m).__name__ == 'DynamicCorrelationModule':
+            m.reset_parameters(init_scale=3.0)
+    weights = os.path.join(root, f'{name}.pth')
+    state = net.state_dict()
+    torch.save({'params': state, 'params_ema': state}, weights)
+    return opt, weights
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('models'))
+    return {
+        'edsr_plus': _make_model(root, 'edsr_plus', EDSR_PLUS.format(prompt_dim=512)),
+        'edsr_plus_256': _make_model(root, 'edsr_plus_256', EDSR_PLUS.format(prompt_dim=256)),
+        'rdn_plus': _make_model(root, 'rdn_plus', RDN_PLUS),
+        'rdn': _make_model(root, 'rdn', RDN),
+    }
+
+
+@pytest.fixture
+def shared_clip(monkeypatch, clip_encoder):
+    """Make the CLI reuse the session's random-weight CLIP instead of building its own (same seed, same weights)."""
+    calls = []
+
+    def factory(model_name, pretrained=None, device='cpu'):
+        calls.append((model_name, pretrained))
+        return clip_encoder
+
+    monkeypatch.setattr(inference, 'PromptEncoder', factory)
+    return calls
+
+
+def _net(model):
+    net = build_network_from_options(model[0])
+    load_weights(net, model[1])
+    return net.eval()
+
+
+def _psnr(a, b):
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def _cli(capsys, *args):
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def _lq(paired_data, key):
+    return image_to_tensor(read_image(os.path.join(paired_data['lr'], f'{key}.png')), 'cpu')
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# library
+def test_load_weights_prefers_ema_and_strips_module_prefix(tmp_path, models):
+    net = build_network_from_options(models['edsr_plus'][0])
+    ref = _net(models['edsr_plus']).state_dict()
+    assert load_weights(net, models['edsr_plus'][1]) == 'params_ema'
+    bare = tmp_path / 'bare.pth'
+    torch.save({f'module.{k}': v for k, v in ref.items()}, bare)
+    assert load_weights(net, bare) == 'state_dict'
+    torch.testing.assert_close(net.state_dict(), ref)
+
+
+def test_bad_weights_name_the_first_mismatching_key(tmp_path, models, capsys):
+    net = build_network_from_options(models['rdn_plus'][0])
+    with pytest.raises(ValueError, match=r"edsr_plus\.pth.*missing key 'sfe1\.weight'"):  # EDSR+ keys in an RDN+
+        load_weights(net, models['edsr_plus'][1])
+    small = build_network_from_options(models['edsr_plus'][0])
+    wrong = tmp_path / 'wrong.pth'
+    state = small.state_dict()
+    state['conv_first.weight'] = torch.zeros(4, 3, 3, 3)
+    torch.save({'params': state}, wrong)
+    with pytest.raises(ValueError, match=r"wrong\.pth.*'conv_first\.weight' has shape \(4, 3, 3, 3\).*\(8, 3, 3, 3\)"):
+        load_weights(small, wrong)
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        load_weights(small, tmp_path / 'nope.pth')
+
+    code, err = _cli(
+        capsys,
+        '--opt',
+        models['edsr_plus'][0],
+        '--weights',
+        str(wrong),
+        '--input',
+        str(tmp_path),
+        '--output',
+        str(tmp_path / 'out'),
+    )
+    assert code == 2
+    assert err.count('\n') == 1 and 'conv_first.weight' in err and 'Traceback' not in err
+
+
+def test_bad_option_file(tmp_path):
+    opt = tmp_path / 'bad.yml'
+    opt.write_text('network_g:\n  type: EDSRPlus\n  num_in_ch: 3\n  num_out_ch: 3\n  num_blocks: 2\n')
+    with pytest.raises(ValueError, match='num_blocks'):
+        build_network_from_options(opt)
+    opt.write_text('name: x\n')
+    with pytest.raises(ValueError, match='no network_g'):
+        build_network_from_options(opt)
+    opt.write_text('network_g:\n  type: NoSuchNet\n')
+    with pytest.raises(ValueError, match='NoSuchNet'):
+        build_network_from_options(opt)
+
+
+@pytest.mark.parametrize('name', ['edsr_plus', 'rdn_plus'])
+def test_tiled_matches_whole(paired_data, models, clip_encoder, name):
+    """Tiles with context covering the receptive field give the whole-image result, odd sizes and borders included;
+    the attention masks are stitched the same way."""
+    net = _net(models[name])
+    key = paired_data['keys'][0]
+    lq = torch.cat([_lq(paired_data, key), _lq(paired_data, paired_data['keys'][1])])[:, :, :47, :45]
+    prompt = clip_encoder.encode_text([SAMPLE_CAPTIONS[k][0] for k in paired_data['keys'][:2]])
+    whole, masks = super_resolve(net, lq, prompt, keep_attention=True)
+    assert whole.shape == (2, 3, 94, 90) and whole.dtype == torch.float32
+    assert whole.min() >= 0 and whole.max() <= 1
+    assert sorted(masks) == [0, 1] and masks[0].shape == (2, 1, 47, 45)
+
+    tiled, tiled_masks = super_resolve(net, lq, prompt, tile=16, tile_pad=12, keep_attention=True)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=0)
+    for i in masks:
+        torch.testing.assert_close(tiled_masks[i], masks[i], atol=1e-5, rtol=0)
+    assert _psnr(super_resolve(net, lq, prompt, tile=16), whole) >= 40  # default pad 32
+    # Too little context is visibly different: the test above is not vacuous.
+    assert _psnr(super_resolve(net, lq, prompt, tile=16, tile_pad=0), whole) < 60
+
+
+def test_super_resolve_prompt_matters_and_baseline_ignores_it(paired_data, models, clip_encoder):
+    lq = _lq(paired_data, paired_data['keys'][0])
+    net = _net(models['edsr_plus'])
+    a, b = clip_encoder.encode_text(['a cat', 'a rocket on a launch pad'])
+    sr_a = super_resolve(net, lq, a[None])
+    assert not torch.equal(sr_a, super_resolve(net, lq, b[None]))
+    assert torch.isfinite(super_resolve(net, lq, None)).all()
+    base = _net(models['rdn'])
+    torch.testing.assert_close(super_resolve(base, lq, a[None]), super_resolve(base, lq), atol=0, rtol=0)
+    with pytest.raises(ValueError, match='scale'):
+        super_resolve(net, lq, scale=4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI
+def test_cli_text_prompt_real_encoder(tmp_path, paired_data, models, clip_encoder, capsys):
+    """Builds its own random-weight CLIP (--clip-pretrained none) and matches the library call."""
+    opt, weights = models['edsr_plus']
+    out = tmp_path / 'out'
+    code, err = _cli(
+        capsys,
+        '--opt',
+        opt,
+        '--weights',
+        weights,
+        '--input',
+        paired_data['lr'],
+        '--output',
+        str(out),
+        '--prompt',
+        'a cup of coffee',
+        '--clip-pretrained',
+        'none',
+        '--tile',
+        '20',
+    )
+    assert code == 0, err
+    keys = paired_data['keys']
+    assert sorted(os.listdir(out)) == sorted(f'{k}_pdnsr.png' for k in keys)
+    key = keys[0]
+    written = cv2.imread(str(out / f'{key}_pdnsr.png'))
+    expected = tensor_to_bgr(
+        super_resolve(_net(models['edsr_plus']), _lq(paired_data, key), clip_encoder.encode_text(['a cup of coffee']))
+    )
+    assert written.shape == (96, 96, 3)
+    assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_cli_image_prompt(tmp_path, paired_data, models, shared_clip, capsys):
+    opt, weights = models['rdn_plus']
+    lr = paired_data['lr']
+    prompt_file = os.path.join(paired_data['hr'], f'{paired_data["keys"][1]}.png')
+    outs = {}
+    for view in ('flip', 'identity'):
+        out = tmp_path / view
+        code, err = _cli(
+            capsys,
+            '--opt',
+            opt,
+            '--weights',
+            weights,
+            '--input',
+            os.path.join(lr, 'coffee.png'),
+            '--output',
+            str(out),
+            '--prompt-image',
+            prompt_file,
+            '--prompt-view',
+            view,
+            '--clip-pretrained',
+            'none',
+            '--suffix',
+            'x2',
+        )
+        assert code == 0, err
+        outs[view] = cv2.imread(str(out / 'coffee_x2.png'))
+    assert outs['flip'].shape == (96, 96, 3)
+    assert not np.array_equal(outs['flip'], outs['identity'])
+    assert shared_clip == [('ViT-B-32', None)] * 2
+
+
+def test_cli_captions_one_per_image_missing_key_skipped(
+    tmp_path, paired_data, models, clip_encoder, shared_clip, capsys
+):
+    opt, weights = models['edsr_plus']
+    keys = paired_data['keys']
+    captions = tmp_path / 'captions.json'
+    captions.write_text(json.dumps({k: SAMPLE_CAPTIONS[k] for k in keys[1:]}))
+    out = tmp_path / 'out'
+    code, err = _cli(
+        capsys,
+        '--opt',
+        opt,
+        '--weights',
+        weights,
+        '--input',
+        paired_data['lr'],
+        '--output',
+        str(out),
+        '--captions',
+        str(captions),
+        '--clip-pretrained',
+        'none',
+    )
+    assert code == 1
+    assert f'{keys[0]}.png' in err and 'no caption' in err
+    assert sorted(os.listdir(out)) == sorted(f'{k}_pdnsr.png' for k in keys[1:])
+    net = _net(models['edsr_plus'])
+    for key in keys[1:3]:  # each image got its own first caption
+        expected = tensor_to_bgr(
+            super_resolve(net, _lq(paired_data, key), clip_encoder.encode_text([SAMPLE_CAPTIONS[key][0]]))
+        )
+        written = cv2.imread(str(out / f'{key}_pdnsr.png'))
+        assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_cli_no_prompt_warns(tmp_path, paired_data, models, shared_clip, capsys):
+    opt, weights = models['edsr_plus']
+    code, err = _cli(
+        capsys,
+        '--opt',
+        opt,
+        '--weights',
+        weights,
+        '--input',
+        paired_data['lr'],
+        '--output',
+        str(tmp_path),
+        '--clip-pretrained',
+        'none',
+    )
+    assert code == 0
+    assert 'zero prompt' in err and 'uniform 0.5' in err
+    assert len(os.listdir(tmp_path)) == len(paired_data['keys'])
+    assert shared_clip == []  # CLIP is not loaded without a prompt
+
+
+def test_cli_baseline_ignores_prompt_and_reads_grey(tmp_path, paired_data, models, shared_clip, capsys):
+    opt, weights = models['rdn']
+    grey = tmp_path / 'in' / 'grey.png'
+    grey.parent.mkdir()
+    cv2.imwrite(str(grey), cv2.imread(os.path.join(paired_data['lr'], 'coffee.png'), cv2.IMREAD_GRAYSCALE))
+    code, err = _cli(
+        capsys,
+        '--opt',
+        opt,
+        '--weights',
+        weights,
+        '--input',
+        str(grey.parent),
+        '--output',
+        str(tmp_path / 'out'),
+        '--prompt',
+        'a cup',
+        '--clip-pretrained',
+        'none',
+    )
+    assert code == 0, err
+    assert 'baseline' in err and 'ignored' in err
+    assert cv2.imread(str(tmp_path / 'out' / 'grey_pdnsr.png')).shape == (96, 96, 3)
+    assert shared_clip == []
+
+
+def test_cli_unreadable_image_reported_others_written(tmp_path, paired_data, models, capsys):
+    opt, weights = models['rdn']
+    inp = tmp_path / 'in'
+    shutil.copytree(paired_data['lr'], inp)
+    (inp / 'broken.png').write_bytes(b'this is not a png at all' * 10)
+    out = tmp_path / 'out'
+    code, err = _cli(capsys, '--opt', opt, '--weights', weights, '--input', str(inp), '--output', str(out))
+    assert code == 1
+    assert 'broken.png' in err and 'Traceback' not in err
+    assert sorted(os.listdir(out)) == sorted(f'{k}_pdnsr.png' for k in paired_data['keys'])
+
+
+def test_cli_attention_pngs(tmp_path, paired_data, models, shared_clip, capsys):
+    opt, weights = models['edsr_plus']
+    out = tmp_path / 'out'
+    code, err = _cli(
+        capsys,
+        '--opt',
+        opt,
+        '--weights',
+        weights,
+        '--input',
+        os.path.join(paired_data['lr'], 'chelsea.png'),
+        '--output',
+        str(out),
+        '--prompt',
+        'a cat',
+        '--clip-pretrained',
+        'none',
+        '--save-attention',
+        '--tile',
+        '32',
+    )
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ['chelsea_attention_dcm0.png', 'chelsea_attention_dcm1.png', 'chelsea_pdnsr.png']
+    for name in os.listdir(out):
+        assert cv2.imread(str(out / name)).shape == (96, 96, 3)
+    code, err = _cli(
+        capsys,
+        '--opt',
+        opt,
+        '--weights',
+        weights,
+        '--input',
+        paired_data['lr'],
+        '--output',
+        str(out),
+        '--save-attention',
+        '--attention-dcms',
+        '5',
+    )
+    assert code == 2 and 'has 2 DCMs' in err
+
+
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (['--fp16', '--device', 'cpu'], '--fp16 needs a CUDA device'),
+        (['--prompt', 'x', '--clip-pretrained', '/no/such/open_clip_model.bin'], 'does not exist'),
+        (['--tile', '0'], '--tile must be a positive integer'),
+    ],
+)
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, paired_data, models, capsys, extra, message):
+    opt, weights = models['edsr_plus']
+    code, err = _cli(
+        capsys,
+        '--opt',
+        opt,
+        '--weights',
+        weights,
+        '--input',
+        paired_data['lr'],
+        '--output',
+        str(tmp_path / 'out'),
+        *extra,
+    )
+    lines = [line for line in err.splitlines() if 'error:' in line]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert 'Traceback' not in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_cli_prompt_dim_mismatch_names_both(tmp_path, paired_data, models, shared_clip, capsys):
+    opt, weights = models['edsr_plus_256']
+    code, err = _cli(
+        capsys,
+        '--opt',
+        opt,
+        '--weights',
+        weights,
+        '--input',
+        paired_data['lr'],
+        '--output',
+        str(tmp_path),
+        '--prompt',
+        'a cat',
+        '--clip-pretrained',
+        'none',
+    )
+    assert code == 2 and '512' in err and 'prompt_dim=256' in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without CUDA')
+def test_cli_cuda_without_cuda(tmp_path, paired_data, models, capsys):
+    opt, weights = models['edsr_plus']
+    code, err = _cli(
+        capsys,
+        '--opt',
+        opt,
+        '--weights',
+        weights,
+        '--input',
+        paired_data['lr'],
+        '--output',
+        str(tmp_path),
+        '--device',
+        'cuda',
+    )
+    assert code == 2 and 'no CUDA device' in err
