@@ -11,9 +11,10 @@ Default sizes are the issue's: B = 16, c = 64, 48 x 48, d = 512, k = 3, n = 4 ba
 
     .venv/bin/python benchmarks/bench_dcm.py [--device cpu|cuda] [--quick] [--profile]
 """
+from common import make_parser, paired_ratio, print_header, print_table, setup, spread, time_interleaved, verdict
+# isort: split
 import torch
 import torch.nn.functional as F
-from common import make_parser, paired_ratio, print_header, print_table, setup, spread, time_interleaved, verdict
 from torch import nn
 
 from pdnsr.archs.dcm_arch import DynamicCorrelationModule

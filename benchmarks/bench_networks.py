@@ -5,11 +5,12 @@ RCAN: the full 10 groups x 20 blocks and a 2-group (x 20 blocks) one; RDN: D = 1
 
     .venv/bin/python benchmarks/bench_networks.py [--device cpu|cuda] [--quick] [--only rcan,rdn,edsr]
 """
+from common import (fwd_bwd, make_parser, paired_ratio, print_header, print_table, setup, spread, time_interleaved,
+                    verdict)
+# isort: split
 import torch
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
-from common import (fwd_bwd, make_parser, paired_ratio, print_header, print_table, setup, spread, time_interleaved,
-                    verdict)
 
 from pdnsr.archs.edsr_plus_arch import EDSRPlus
 from pdnsr.archs.rcan_plus_arch import RCANPlus

@@ -55,7 +55,10 @@ def header(device):
         where = f'cuda: {torch.cuda.get_device_name(dev)}'
     else:
         where = f'cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores'
-    return f'torch {torch.__version__}, threads {torch.get_num_threads()}, device {where}'
+    load = ''
+    if dev.type == 'cpu' and hasattr(os, 'getloadavg'):
+        load = f', load average {os.getloadavg()[0]:.1f} at start (other processes share the cores)'
+    return f'torch {torch.__version__}, threads {torch.get_num_threads()}, device {where}{load}'
 
 
 def print_header(device, title):
@@ -102,6 +105,11 @@ def time_interleaved(fns, device='cpu', reps=5, warmup=1):
 def paired_ratio(samples_a, samples_b):
     """Median over interleaved rounds of A_i / B_i: robust to load that drifts slowly across rounds."""
     return statistics.median(a / b for a, b in zip(samples_a, samples_b))
+
+
+def min_ratio(samples_a, samples_b):
+    """min(A) / min(B): the least-disturbed estimate on a loaded machine (each minimum is its quietest run)."""
+    return min(samples_a) / min(samples_b)
 
 
 def spread(samples):

@@ -4,6 +4,7 @@ Importing the package applies the basicsr compatibility patches (``pdnsr.compat`
 datasets and models with basicsr's registries, so option files can say ``type: RCANPlus`` or
 ``model_type: PDNModel``.
 """
+
 from pdnsr import compat
 
 compat.apply()

@@ -11,6 +11,7 @@ importable. Nothing else in the project patches basicsr. Each patch is listed in
 3. ``basicsr.utils.options.init_dist`` (``--launcher pytorch``) always calls ``torch.cuda.set_device`` and uses NCCL.
    On a machine without CUDA it now initialises a gloo process group instead, so ``torchrun`` works on CPU.
 """
+
 import os
 import sys
 import types
@@ -26,6 +27,7 @@ def apply():
         return
     try:
         import torchvision.transforms.functional_tensor  # noqa: F401  (old torchvision: nothing to do)
+
         return
     except ImportError:
         pass
@@ -53,8 +55,10 @@ def load_resume_state(opt):
     if resume_state_path is None:
         return None
     if not os.path.isfile(resume_state_path):
-        raise FileNotFoundError(f'path.resume_state: {resume_state_path} does not exist; point it at a .state file '
-                                f'under experiments/<name>/training_states/ or use --auto_resume')
+        raise FileNotFoundError(
+            f'path.resume_state: {resume_state_path} does not exist; point it at a .state file '
+            f'under experiments/<name>/training_states/ or use --auto_resume'
+        )
     location = f'cuda:{torch.cuda.current_device()}' if torch.cuda.is_available() else 'cpu'
     # A training state holds optimizer and scheduler states (basicsr's schedulers keep Counters), which the
     # weights-only loader refuses; it is a file this project wrote itself.

@@ -216,10 +216,9 @@ def _check_scale(out, inp, scale):
     h, w = inp.shape[-2:]
     factor = out.shape[-2] // h
     if out.shape[-2] != factor * h or out.shape[-1] != factor * w or (scale is not None and factor != scale):
-        want = f'{scale}x' if scale is not None else 'an integer multiple of'
+        want = f'the expected scale={scale}' if scale is not None else 'an integer multiple of the input size'
         raise ValueError(
-            f'super_resolve: the network turned a {h}x{w} input into {out.shape[-2]}x{out.shape[-1]}, '
-            f'not {want} the input size'
+            f'super_resolve: the network turned a {h}x{w} input into {out.shape[-2]}x{out.shape[-1]}, not {want}'
         )
     return factor
 

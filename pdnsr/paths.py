@@ -1,4 +1,5 @@
 """Where outputs (experiments/, results/, tb_logger/) go."""
+
 import os
 
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

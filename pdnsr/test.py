@@ -1,7 +1,8 @@
 """Test with basicsr's pipeline: SR images and a PSNR/SSIM table (``results/<name>/metrics.md``).
 
-    python pdnsr/test.py -opt options/test_rcan_x4.yml
+python pdnsr/test.py -opt options/test_rcan_x4.yml
 """
+
 import os
 import sys
 

@@ -6,6 +6,7 @@
 ``experiments/``, ``tb_logger/`` and ``results/`` land under the repository root (or the current directory when
 pdnsr is installed without a checkout, through the ``pdnsr-train`` command).
 """
+
 import os
 import sys
 

@@ -1,9 +1,11 @@
 """Shared test set-up. ``import pdnsr`` first: it makes basicsr 1.4.2 importable on current torchvision."""
+
 from pathlib import Path
 
-import pdnsr  # noqa: F401
 import pytest
 import torch
+
+import pdnsr  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
@@ -43,7 +45,14 @@ def paired_data(tmp_path_factory, clip_encoder):
     image_store = str(root / 'prompts_image.lmdb')
     text_store = str(root / 'prompts_text.lmdb')
     build_prompt_store('image', image_store, clip_encoder, images_dir=lr, progress=False)
-    build_prompt_store('text', text_store, clip_encoder, captions={k: SAMPLE_CAPTIONS[k] for k in photos},
-                       progress=False)
-    return {'root': str(root), 'hr': hr, 'lr': lr, 'image_store': image_store, 'text_store': text_store,
-            'keys': sorted(photos)}
+    build_prompt_store(
+        'text', text_store, clip_encoder, captions={k: SAMPLE_CAPTIONS[k] for k in photos}, progress=False
+    )
+    return {
+        'root': str(root),
+        'hr': hr,
+        'lr': lr,
+        'image_store': image_store,
+        'text_store': text_store,
+        'keys': sorted(photos),
+    }

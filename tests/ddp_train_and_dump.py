@@ -1,15 +1,16 @@
 """Run by test_training.py under torchrun: basicsr's training pipeline with a PDNModel that also writes each
 rank's final weights, so the test can check that the ranks agree."""
+
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import pdnsr  # noqa: E402,F401
 import torch  # noqa: E402
 from basicsr.train import train_pipeline  # noqa: E402
 from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
 
+import pdnsr  # noqa: E402,F401
 from pdnsr.models import PDNModel  # noqa: E402
 
 

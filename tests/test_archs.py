@@ -1,4 +1,5 @@
 """Host networks: every scale, checkpoint compatibility with basicsr's EDSR / RCAN, and clear errors."""
+
 import pytest
 import torch
 from basicsr.archs import build_network

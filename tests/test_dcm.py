@@ -1,4 +1,5 @@
 """The Dynamic Correlation Module against the paper's equations, written out here independently."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ def equations_2_to_4(dcm, x, p):
     """Eq. 2-4 of the paper, one sample at a time, in float64, from the module's parameters only."""
     outs = []
     for b in range(x.shape[0]):
-        xb, pb = x[b:b + 1].double(), p[b].double()
+        xb, pb = x[b : b + 1].double(), p[b].double()
         f = F.conv2d(xb, dcm.proj.weight.double(), dcm.proj.bias.double())  # (1, d, h, w)
         if dcm.use_attention:
             f_norm = f / f.norm(dim=1, keepdim=True)
@@ -43,8 +44,14 @@ def inputs(dtype=torch.float64, batch=3):
     return x, p
 
 
-ABLATIONS = [dict(), dict(use_attention=False), dict(use_dynamic=False), dict(use_attention=False, use_dynamic=False),
-             dict(kernel_size=1), dict(kernel_size=5, num_kernels=2)]
+ABLATIONS = [
+    dict(),
+    dict(use_attention=False),
+    dict(use_dynamic=False),
+    dict(use_attention=False, use_dynamic=False),
+    dict(kernel_size=1),
+    dict(kernel_size=5, num_kernels=2),
+]
 
 
 @pytest.mark.parametrize('kw', ABLATIONS)

@@ -1,4 +1,5 @@
 """Every option file in options/ is current, parses with basicsr's loader and builds its network and model."""
+
 import copy
 import glob
 import os
@@ -16,19 +17,34 @@ OPTION_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'options', '*.yml')))
 
 
 def test_option_files_match_their_generator():
-    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'scripts', 'make_option_files.py'), '--check'],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, 'scripts', 'make_option_files.py'), '--check'],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 def test_there_is_an_option_file_per_experiment():
     names = {os.path.basename(p)[:-4] for p in OPTION_FILES}
-    expected = {'train_rcan_x2', 'train_rcan_x4', 'train_rcan_x8_ffhq', 'train_rcan_x16_ffhq', 'train_edsr_x4',
-                'train_edsr_baseline_x4', 'train_rcan_baseline_x4', 'train_rdn_x4', 'train_rdn_baseline_x4',
-                'train_edsr_x4_no_dynamic', 'train_edsr_x4_no_attention', 'finetune_rcan_x4_from_basicsr'}
+    expected = {
+        'train_rcan_x2',
+        'train_rcan_x4',
+        'train_rcan_x8_ffhq',
+        'train_rcan_x16_ffhq',
+        'train_edsr_x4',
+        'train_edsr_baseline_x4',
+        'train_rcan_baseline_x4',
+        'train_rdn_x4',
+        'train_rdn_baseline_x4',
+        'train_edsr_x4_no_dynamic',
+        'train_edsr_x4_no_attention',
+        'finetune_rcan_x4_from_basicsr',
+    }
     assert expected <= names
-    assert all(n.replace('train_', 'test_', 1) in names or not n.startswith('train_rcan_x') or 'ffhq' in n
-               for n in names)
+    assert all(
+        n.replace('train_', 'test_', 1) in names or not n.startswith('train_rcan_x') or 'ffhq' in n for n in names
+    )
 
 
 @pytest.mark.parametrize('path', OPTION_FILES, ids=os.path.basename)

@@ -3,6 +3,7 @@
 Real images (scikit-image photos written to a temp dir), real prompt LMDBs built by the real builder from the
 open_clip ViT-B-32 architecture with random weights (no hub here), real subprocesses of the CLI entry points.
 """
+
 import copy
 import glob
 import os
@@ -26,24 +27,48 @@ TINY_NETS = {
 
 def tiny_options(data, name, net_type='EDSRPlus', total_iter=30, every_epochs=1, **train_extra):
     plus = net_type.endswith('Plus')
-    dataset = dict(name='tiny', type='PromptPairedImageDataset' if plus else 'PairedImageDataset',
-                   dataroot_gt=data['hr'], dataroot_lq=data['lr'], io_backend=dict(type='disk'))
+    dataset = dict(
+        name='tiny',
+        type='PromptPairedImageDataset' if plus else 'PairedImageDataset',
+        dataroot_gt=data['hr'],
+        dataroot_lq=data['lr'],
+        io_backend=dict(type='disk'),
+    )
     if plus:
         dataset['dataroot_prompt'] = data['image_store']
-    train_set = dict(dataset, gt_size=32, use_hflip=True, use_rot=True, num_worker_per_gpu=0, batch_size_per_gpu=2,
-                     dataset_enlarge_ratio=1, prefetch_mode=None)
+    train_set = dict(
+        dataset,
+        gt_size=32,
+        use_hflip=True,
+        use_rot=True,
+        num_worker_per_gpu=0,
+        batch_size_per_gpu=2,
+        dataset_enlarge_ratio=1,
+        prefetch_mode=None,
+    )
     opt = dict(
-        name=name, model_type='PDNModel', scale=2, num_gpu=0, manual_seed=0,
+        name=name,
+        model_type='PDNModel',
+        scale=2,
+        num_gpu=0,
+        manual_seed=0,
         datasets=dict(train=train_set, val=dict(dataset, name='tinyval')),
         network_g=dict(type=net_type, num_in_ch=3, num_out_ch=3, upscale=2, **TINY_NETS[net_type]),
         path=dict(pretrain_network_g=None, strict_load_g=True, resume_state=None),
-        train=dict(ema_decay=0.9, optim_g=dict(type='Adam', lr=2e-3, betas=[0.9, 0.999], eps=1e-8),
-                   scheduler=dict(type='CosineAnnealingRestartLR', periods=[total_iter], restart_weights=[1],
-                                  eta_min=1e-5),
-                   total_iter=total_iter, warmup_iter=-1, pixel_opt=dict(type='L1Loss', loss_weight=1.0),
-                   **train_extra),
-        val=dict(val_freq=total_iter, save_img=True,
-                 metrics=dict(psnr=dict(type='calculate_psnr', crop_border=2, test_y_channel=True))),
+        train=dict(
+            ema_decay=0.9,
+            optim_g=dict(type='Adam', lr=2e-3, betas=[0.9, 0.999], eps=1e-8),
+            scheduler=dict(type='CosineAnnealingRestartLR', periods=[total_iter], restart_weights=[1], eta_min=1e-5),
+            total_iter=total_iter,
+            warmup_iter=-1,
+            pixel_opt=dict(type='L1Loss', loss_weight=1.0),
+            **train_extra,
+        ),
+        val=dict(
+            val_freq=total_iter,
+            save_img=True,
+            metrics=dict(psnr=dict(type='calculate_psnr', crop_border=2, test_y_channel=True)),
+        ),
         logger=dict(print_freq=5, save_checkpoint_freq=10, use_tb_logger=True),
     )
     if plus:
@@ -56,8 +81,14 @@ def run_cli(script, opt, root, *args, timeout=240):
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f)
     env = dict(os.environ, PDNSR_ROOT=str(root), OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'pdnsr', script), '-opt', path, *args],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, 'pdnsr', script), '-opt', path, *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
@@ -108,8 +139,9 @@ def test_auto_resume_continues_schedule_and_optimizer(paired_data, tmp_path):
     assert log_values(log, 'temperature') == log_values(full_log, 'temperature')[3:]
     lrs = [re.findall(r'lr:\(([-+0-9.e]+),\)', text) for text in (log, full_log)]
     assert lrs[0] and lrs[0] == lrs[1][3:]  # the cosine schedule continues too
-    state = torch.load(tmp_path / 'experiments' / 'resumed' / 'training_states' / '30.state', map_location='cpu',
-                       weights_only=False)
+    state = torch.load(
+        tmp_path / 'experiments' / 'resumed' / 'training_states' / '30.state', map_location='cpu', weights_only=False
+    )
     steps = {int(s['step']) for s in state['optimizers'][0]['state'].values()}
     assert steps == {30}, f'Adam state did not continue from iteration 15: {steps}'
 
@@ -119,11 +151,17 @@ def test_test_script_writes_images_metrics_and_attention(paired_data, tmp_path):
     run_cli('train.py', train, tmp_path)
     weights = str(tmp_path / 'experiments' / 'for_test' / 'models' / 'net_g_latest.pth')
     val = copy.deepcopy(train['datasets']['val'])
-    opt = dict(name='tiny_test', model_type='PDNModel', scale=2, num_gpu=0, manual_seed=0,
-               datasets=dict(test_1=dict(val, name='tinytest', dataroot_prompt=paired_data['text_store'])),
-               network_g=train['network_g'], path=dict(pretrain_network_g=weights, param_key_g='params_ema',
-                                                       strict_load_g=True),
-               val=dict(save_img=True, suffix=None, save_attention=[0, -1], metrics=train['val']['metrics']))
+    opt = dict(
+        name='tiny_test',
+        model_type='PDNModel',
+        scale=2,
+        num_gpu=0,
+        manual_seed=0,
+        datasets=dict(test_1=dict(val, name='tinytest', dataroot_prompt=paired_data['text_store'])),
+        network_g=train['network_g'],
+        path=dict(pretrain_network_g=weights, param_key_g='params_ema', strict_load_g=True),
+        val=dict(save_img=True, suffix=None, save_attention=[0, -1], metrics=train['val']['metrics']),
+    )
     run_cli('test.py', opt, tmp_path)
     results = tmp_path / 'results' / 'tiny_test'
     table = (results / 'metrics.md').read_text()
@@ -139,8 +177,9 @@ def build_model(opt):
 
     opt = copy.deepcopy(opt)
     opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
-    opt['path'].update(experiments_root='unused', models='unused', training_states='unused', log='unused',
-                       visualization='unused')
+    opt['path'].update(
+        experiments_root='unused', models='unused', training_states='unused', log='unused', visualization='unused'
+    )
     for dataset_opt in opt['datasets'].values():
         dataset_opt.setdefault('phase', 'train')
         dataset_opt['scale'] = opt['scale']
@@ -206,9 +245,24 @@ def test_torchrun_two_processes_on_cpu_agree(paired_data, tmp_path):
     opt_path.write_text(yaml.safe_dump(opt))
     env = dict(os.environ, PDNSR_ROOT=str(tmp_path), OMP_NUM_THREADS='1', DUMP_DIR=str(tmp_path))
     proc = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29731',
-         os.path.join(REPO_ROOT, 'tests', 'ddp_train_and_dump.py'), '-opt', str(opt_path), '--launcher', 'pytorch'],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=2',
+            '--master_port=29731',
+            os.path.join(REPO_ROOT, 'tests', 'ddp_train_and_dump.py'),
+            '-opt',
+            str(opt_path),
+            '--launcher',
+            'pytorch',
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rank0 = torch.load(tmp_path / 'weights_rank0.pth')
     rank1 = torch.load(tmp_path / 'weights_rank1.pth')

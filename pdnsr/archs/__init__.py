@@ -1,10 +1,17 @@
 """Networks, registered with basicsr's ARCH_REGISTRY on import: EDSRPlus, RCANPlus, RDN, RDNPlus."""
+
 from pdnsr.archs.dcm_arch import DynamicCorrelationModule, dcm_modules, keep_attention, set_dcm_temperature
 from pdnsr.archs.edsr_plus_arch import EDSRPlus
 from pdnsr.archs.rcan_plus_arch import RCANPlus
 from pdnsr.archs.rdn_arch import RDN, RDNPlus
 
 __all__ = [
-    'DynamicCorrelationModule', 'EDSRPlus', 'RCANPlus', 'RDN', 'RDNPlus', 'dcm_modules', 'keep_attention',
-    'set_dcm_temperature'
+    'DynamicCorrelationModule',
+    'EDSRPlus',
+    'RCANPlus',
+    'RDN',
+    'RDNPlus',
+    'dcm_modules',
+    'keep_attention',
+    'set_dcm_temperature',
 ]

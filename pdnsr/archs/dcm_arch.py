@@ -18,6 +18,7 @@ mask's dot products (through ``P^T p`` and the Gram matrix ``P^T P``) and into t
 A zero prompt is allowed and gives finite output: ``p / |p|`` is zero, so the mask is 0.5 everywhere and the kernel
 mixture is the one the router gives for a zero input (its biases). ``None`` means the same as a zero prompt.
 """
+
 import math
 
 import torch
@@ -49,15 +50,31 @@ class DynamicCorrelationModule(nn.Module):
             small so that a DCM inserted into a pretrained backbone starts close to the identity residual.
     """
 
-    def __init__(self, num_feat, prompt_dim, num_kernels=4, kernel_size=3, router_hidden=128, use_attention=True,
-                 use_dynamic=True, temperature=34.0, init_scale=0.1):
+    def __init__(
+        self,
+        num_feat,
+        prompt_dim,
+        num_kernels=4,
+        kernel_size=3,
+        router_hidden=128,
+        use_attention=True,
+        use_dynamic=True,
+        temperature=34.0,
+        init_scale=0.1,
+    ):
         super().__init__()
-        for name, value in (('num_feat', num_feat), ('prompt_dim', prompt_dim), ('num_kernels', num_kernels),
-                            ('router_hidden', router_hidden)):
+        for name, value in (
+            ('num_feat', num_feat),
+            ('prompt_dim', prompt_dim),
+            ('num_kernels', num_kernels),
+            ('router_hidden', router_hidden),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f'DynamicCorrelationModule: {name} must be a positive integer, got {value!r}')
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f'DynamicCorrelationModule: kernel_size must be a positive odd integer, got {kernel_size!r}')
+            raise ValueError(
+                f'DynamicCorrelationModule: kernel_size must be a positive odd integer, got {kernel_size!r}'
+            )
         if temperature <= 0:
             raise ValueError(f'DynamicCorrelationModule: temperature must be > 0, got {temperature!r}')
         self.num_feat = num_feat
@@ -72,7 +89,8 @@ class DynamicCorrelationModule(nn.Module):
             self.zeta = nn.Parameter(torch.tensor(50.0))
         if use_dynamic:
             self.router = nn.Sequential(
-                nn.Linear(prompt_dim, router_hidden), nn.ReLU(inplace=True), nn.Linear(router_hidden, num_kernels))
+                nn.Linear(prompt_dim, router_hidden), nn.ReLU(inplace=True), nn.Linear(router_hidden, num_kernels)
+            )
         self.weight = nn.Parameter(torch.empty(self.num_kernels, num_feat, prompt_dim, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(self.num_kernels, num_feat))
         # T is state, not a parameter: saved in state_dict (so checkpoints carry it) but never trained or averaged.
@@ -90,9 +108,11 @@ class DynamicCorrelationModule(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def extra_repr(self):
-        return (f'num_feat={self.num_feat}, prompt_dim={self.prompt_dim}, num_kernels={self.num_kernels}, '
-                f'kernel_size={self.kernel_size}, use_attention={self.use_attention}, '
-                f'use_dynamic={self.use_dynamic}')
+        return (
+            f'num_feat={self.num_feat}, prompt_dim={self.prompt_dim}, num_kernels={self.num_kernels}, '
+            f'kernel_size={self.kernel_size}, use_attention={self.use_attention}, '
+            f'use_dynamic={self.use_dynamic}'
+        )
 
     def set_temperature(self, value):
         """Set the router's softmax temperature T (> 0). No effect on the output when ``use_dynamic`` is False."""
@@ -107,13 +127,17 @@ class DynamicCorrelationModule(nn.Module):
         if prompt is None:
             return x.new_zeros(x.shape[0], self.prompt_dim)
         if prompt.dim() != 2 or prompt.shape[1] != self.prompt_dim:
-            raise ValueError(f'prompt embedding has size {prompt.shape[-1] if prompt.dim() else 0} '
-                             f'(shape {tuple(prompt.shape)}) but the network was built with prompt_dim='
-                             f'{self.prompt_dim}: use a prompt store / CLIP model of the same size or change '
-                             f'prompt_dim in network_g')
+            raise ValueError(
+                f'prompt embedding has size {prompt.shape[-1] if prompt.dim() else 0} '
+                f'(shape {tuple(prompt.shape)}) but the network was built with prompt_dim='
+                f'{self.prompt_dim}: use a prompt store / CLIP model of the same size or change '
+                f'prompt_dim in network_g'
+            )
         if prompt.shape[0] != x.shape[0]:
-            raise ValueError(f'prompt batch size {prompt.shape[0]} differs from image batch size {x.shape[0]}: '
-                             f'give one prompt embedding per image')
+            raise ValueError(
+                f'prompt batch size {prompt.shape[0]} differs from image batch size {x.shape[0]}: '
+                f'give one prompt embedding per image'
+            )
         return prompt.to(x.dtype)
 
     def kernel_weights(self, prompt):
@@ -135,8 +159,9 @@ class DynamicCorrelationModule(nn.Module):
     def _per_sample_conv(inp, weight, padding):
         """Convolve sample i of ``inp (B, Ci, h, w)`` with ``weight[i] (Co, Ci, k, k)``; one grouped conv, no loop."""
         b, ci, h, w = inp.shape
-        out = F.conv2d(inp.reshape(1, b * ci, h, w), weight.reshape(-1, ci, *weight.shape[-2:]), padding=padding,
-                       groups=b)
+        out = F.conv2d(
+            inp.reshape(1, b * ci, h, w), weight.reshape(-1, ci, *weight.shape[-2:]), padding=padding, groups=b
+        )
         return out.reshape(b, -1, h, w)
 
     # ------------------------------------------------------------------ literal Eq. 2-4 (reference)
@@ -145,7 +170,9 @@ class DynamicCorrelationModule(nn.Module):
         prompt = self._check_inputs(x, prompt)
         f = self.proj(x)  # (B, d, h, w)
         if self.use_attention:
-            cos = (F.normalize(f.to(_wide(f.dtype)), dim=1, eps=_EPS) * self._unit_prompt(prompt)[:, :, None, None]).sum(1, True)
+            cos = (
+                F.normalize(f.to(_wide(f.dtype)), dim=1, eps=_EPS) * self._unit_prompt(prompt)[:, :, None, None]
+            ).sum(1, True)
             mask = torch.sigmoid(self.zeta * cos).to(x.dtype)  # (B, 1, h, w)
             self._keep(mask)
             f = mask * f
@@ -178,10 +205,13 @@ class DynamicCorrelationModule(nn.Module):
         pi = self.kernel_weights(prompt)  # (B, n)
         # Fold the projection into each basis kernel once (cost independent of B, h, w), then mix per sample.
         # The bias path conv(M, W b_P) rides along as one more input channel of the same grouped convolution.
-        folded = torch.cat([
-            torch.einsum('nodij,dc->nocij', self.weight, proj_w),  # W_k o P: (n, c, c, k, k)
-            torch.einsum('nodij,d->noij', self.weight, proj_b).unsqueeze(2),  # W_k b_P: (n, c, 1, k, k)
-        ], 2)
+        folded = torch.cat(
+            [
+                torch.einsum('nodij,dc->nocij', self.weight, proj_w),  # W_k o P: (n, c, c, k, k)
+                torch.einsum('nodij,d->noij', self.weight, proj_b).unsqueeze(2),  # W_k b_P: (n, c, 1, k, k)
+            ],
+            2,
+        )
         weight = torch.einsum('bn,nocij->bocij', pi, folded)  # (B, c, c + 1, k, k)
         out = self._per_sample_conv(torch.cat([masked_x, mask], 1), weight, pad)
         return out + (pi @ self.bias)[:, :, None, None]

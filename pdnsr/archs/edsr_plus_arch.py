@@ -1,4 +1,5 @@
 """EDSR+: basicsr's EDSR with one DCM after each residual block."""
+
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -20,11 +21,30 @@ class EDSRPlus(PromptedHeadTailMixin, EDSR):
     ``forward(x, prompt)``: x (B, num_in_ch, h, w), prompt (B, prompt_dim) or None.
     """
 
-    def __init__(self, num_in_ch, num_out_ch, num_feat=64, num_block=16, upscale=4, res_scale=1, img_range=255.,
-                 rgb_mean=(0.4488, 0.4371, 0.4040), prompt_dim=512, dcm=None):
+    def __init__(
+        self,
+        num_in_ch,
+        num_out_ch,
+        num_feat=64,
+        num_block=16,
+        upscale=4,
+        res_scale=1,
+        img_range=255.0,
+        rgb_mean=(0.4488, 0.4371, 0.4040),
+        prompt_dim=512,
+        dcm=None,
+    ):
         check_scale(upscale, 'EDSRPlus')
-        super().__init__(num_in_ch, num_out_ch, num_feat=num_feat, num_block=num_block, upscale=upscale,
-                         res_scale=res_scale, img_range=img_range, rgb_mean=rgb_mean)
+        super().__init__(
+            num_in_ch,
+            num_out_ch,
+            num_feat=num_feat,
+            num_block=num_block,
+            upscale=upscale,
+            res_scale=res_scale,
+            img_range=img_range,
+            rgb_mean=rgb_mean,
+        )
         mean_as_buffer(self, rgb_mean)
         self.prompt_dim = prompt_dim
         self.dcms = make_dcms(num_block, num_feat, prompt_dim, dcm, 'EDSRPlus')

@@ -1,4 +1,5 @@
 """Pieces shared by the prompt-guided ("+") networks: DCM options, supported scales, the common forward."""
+
 import inspect
 
 import torch
@@ -19,8 +20,10 @@ DCM_OPTIONS = {
 def check_scale(upscale, network):
     """Raise ValueError for an upscale factor the networks do not support."""
     if upscale not in SUPPORTED_SCALES:
-        raise ValueError(f'{network}: upscale={upscale!r} is not supported; use one of {list(SUPPORTED_SCALES)} '
-                         f'(powers of two are built from repeated x2 pixel-shuffle steps)')
+        raise ValueError(
+            f'{network}: upscale={upscale!r} is not supported; use one of {list(SUPPORTED_SCALES)} '
+            f'(powers of two are built from repeated x2 pixel-shuffle steps)'
+        )
 
 
 def make_dcms(count, num_feat, prompt_dim, dcm_opt, network):
@@ -31,8 +34,9 @@ def make_dcms(count, num_feat, prompt_dim, dcm_opt, network):
     dcm_opt = dict(dcm_opt or {})
     unknown = sorted(set(dcm_opt) - set(DCM_OPTIONS))
     if unknown:
-        raise ValueError(f'{network}: unknown DCM option(s) {unknown} under network_g.dcm; '
-                         f'valid options: {sorted(DCM_OPTIONS)}')
+        raise ValueError(
+            f'{network}: unknown DCM option(s) {unknown} under network_g.dcm; valid options: {sorted(DCM_OPTIONS)}'
+        )
     return nn.ModuleList(DynamicCorrelationModule(num_feat, prompt_dim, **dcm_opt) for _ in range(count))
 
 

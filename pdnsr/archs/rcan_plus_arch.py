@@ -1,4 +1,5 @@
 """RCAN+: basicsr's RCAN with DCMs at equal intervals inside each residual group."""
+
 from basicsr.archs.rcan_arch import RCAN
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
@@ -30,19 +31,42 @@ class RCANPlus(PromptedHeadTailMixin, RCAN):
     ``forward(x, prompt)``: x (B, num_in_ch, h, w), prompt (B, prompt_dim) or None.
     """
 
-    def __init__(self, num_in_ch, num_out_ch, num_feat=64, num_group=10, num_block=16, squeeze_factor=16, upscale=4,
-                 res_scale=1, img_range=255., rgb_mean=(0.4488, 0.4371, 0.4040), prompt_dim=512,
-                 num_dcm_per_group=3, dcm=None):
+    def __init__(
+        self,
+        num_in_ch,
+        num_out_ch,
+        num_feat=64,
+        num_group=10,
+        num_block=16,
+        squeeze_factor=16,
+        upscale=4,
+        res_scale=1,
+        img_range=255.0,
+        rgb_mean=(0.4488, 0.4371, 0.4040),
+        prompt_dim=512,
+        num_dcm_per_group=3,
+        dcm=None,
+    ):
         check_scale(upscale, 'RCANPlus')
         if not isinstance(num_dcm_per_group, int) or num_dcm_per_group < 1:
             raise ValueError(f'RCANPlus: num_dcm_per_group must be a positive integer, got {num_dcm_per_group!r}')
-        super().__init__(num_in_ch, num_out_ch, num_feat=num_feat, num_group=num_group, num_block=num_block,
-                         squeeze_factor=squeeze_factor, upscale=upscale, res_scale=res_scale, img_range=img_range,
-                         rgb_mean=rgb_mean)
+        super().__init__(
+            num_in_ch,
+            num_out_ch,
+            num_feat=num_feat,
+            num_group=num_group,
+            num_block=num_block,
+            squeeze_factor=squeeze_factor,
+            upscale=upscale,
+            res_scale=res_scale,
+            img_range=img_range,
+            rgb_mean=rgb_mean,
+        )
         mean_as_buffer(self, rgb_mean)
         self.prompt_dim = prompt_dim
         self.dcms = nn.ModuleList(
-            make_dcms(num_dcm_per_group, num_feat, prompt_dim, dcm, 'RCANPlus') for _ in range(num_group))
+            make_dcms(num_dcm_per_group, num_feat, prompt_dim, dcm, 'RCANPlus') for _ in range(num_group)
+        )
         positions = dcm_positions(num_block, num_dcm_per_group)
         # For each block index, the DCM indices that follow it (usually none).
         self._dcms_after = [[j for j, pos in enumerate(positions) if pos == i] for i in range(num_block)]

@@ -5,6 +5,7 @@ densely connected 3x3 conv + ReLU layers with growth G and a 1x1 local fusion, g
 over the concatenated block outputs, a global residual to the first shallow feature, and a pixel-shuffle
 upsampler (basicsr's ``Upsample``: x3 in one step, powers of two in repeated x2 steps, which covers x8 and x16).
 """
+
 import torch
 from basicsr.archs.arch_util import Upsample
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -53,8 +54,18 @@ class RDN(nn.Module):
     ``forward(x)``: x (B, num_in_ch, h, w) in [0, 1] -> (B, num_out_ch, s*h, s*w).
     """
 
-    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_block=16, num_layer=8, growth=64, upscale=4,
-                 img_range=255., rgb_mean=(0.4488, 0.4371, 0.4040)):
+    def __init__(
+        self,
+        num_in_ch=3,
+        num_out_ch=3,
+        num_feat=64,
+        num_block=16,
+        num_layer=8,
+        growth=64,
+        upscale=4,
+        img_range=255.0,
+        rgb_mean=(0.4488, 0.4371, 0.4040),
+    ):
         super().__init__()
         check_scale(upscale, type(self).__name__)
         self.img_range = img_range
@@ -93,10 +104,31 @@ class RDNPlus(RDN):
     ``forward(x, prompt)``: prompt (B, prompt_dim) or None.
     """
 
-    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_block=16, num_layer=8, growth=64, upscale=4,
-                 img_range=255., rgb_mean=(0.4488, 0.4371, 0.4040), prompt_dim=512, dcm=None):
-        super().__init__(num_in_ch, num_out_ch, num_feat=num_feat, num_block=num_block, num_layer=num_layer,
-                         growth=growth, upscale=upscale, img_range=img_range, rgb_mean=rgb_mean)
+    def __init__(
+        self,
+        num_in_ch=3,
+        num_out_ch=3,
+        num_feat=64,
+        num_block=16,
+        num_layer=8,
+        growth=64,
+        upscale=4,
+        img_range=255.0,
+        rgb_mean=(0.4488, 0.4371, 0.4040),
+        prompt_dim=512,
+        dcm=None,
+    ):
+        super().__init__(
+            num_in_ch,
+            num_out_ch,
+            num_feat=num_feat,
+            num_block=num_block,
+            num_layer=num_layer,
+            growth=growth,
+            upscale=upscale,
+            img_range=img_range,
+            rgb_mean=rgb_mean,
+        )
         self.prompt_dim = prompt_dim
         self.dcms = make_dcms(num_block, num_feat, prompt_dim, dcm, 'RDNPlus')
 

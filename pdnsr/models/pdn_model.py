@@ -1,4 +1,5 @@
 """PDNModel: basicsr's SRModel with a prompt, the DCM temperature schedule, and attention-mask outputs."""
+
 import copy
 import inspect
 import os
@@ -71,20 +72,25 @@ class PDNModel(SRModel):
         for phase, dataset_opt in (self.opt.get('datasets') or {}).items():
             path = dataset_opt.get('dataroot_prompt')
             if not path:
-                raise ValueError(f'datasets.{phase}: network_g type {net_type} takes prompts but this dataset has no '
-                                 f'dataroot_prompt; use type: PromptPairedImageDataset with dataroot_prompt: '
-                                 f'path/to/prompts.lmdb (build one with scripts/make_prompt_lmdb.py)')
+                raise ValueError(
+                    f'datasets.{phase}: network_g type {net_type} takes prompts but this dataset has no '
+                    f'dataroot_prompt; use type: PromptPairedImageDataset with dataroot_prompt: '
+                    f'path/to/prompts.lmdb (build one with scripts/make_prompt_lmdb.py)'
+                )
             store_dim = PromptStore(path).dim
             if store_dim != self.prompt_dim:
-                raise ValueError(f'datasets.{phase}.dataroot_prompt: {path} holds prompt embeddings of size '
-                                 f'{store_dim} but network_g.prompt_dim is {self.prompt_dim}; build the store with '
-                                 f'a CLIP model of size {self.prompt_dim} or set prompt_dim: {store_dim}')
+                raise ValueError(
+                    f'datasets.{phase}.dataroot_prompt: {path} holds prompt embeddings of size '
+                    f'{store_dim} but network_g.prompt_dim is {self.prompt_dim}; build the store with '
+                    f'a CLIP model of size {self.prompt_dim} or set prompt_dim: {store_dim}'
+                )
 
     def model_to_device(self, net):
         # basicsr wraps DDP with device_ids=[current CUDA device]; on CPU (gloo) DDP takes no device ids.
         if self.opt['dist'] and self.device.type == 'cpu':
-            return DistributedDataParallel(net.to(self.device),
-                                           find_unused_parameters=self.opt.get('find_unused_parameters', False))
+            return DistributedDataParallel(
+                net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False)
+            )
         return super().model_to_device(net)
 
     # ------------------------------------------------------------------ temperature
@@ -102,10 +108,16 @@ class PDNModel(SRModel):
             train_opt = self.opt['datasets']['train']
             # The model is built after basicsr's dataloader and never sees it: count the images the same way.
             num_images = len(build_dataset(copy.deepcopy(train_opt)))
-            self._num_iter_per_epoch = iters_per_epoch(num_images, train_opt.get('dataset_enlarge_ratio', 1),
-                                                       train_opt['batch_size_per_gpu'], self.opt['world_size'])
-            get_root_logger().info(f'Temperature schedule {self.temperature_schedule} over epochs of '
-                                   f'{self._num_iter_per_epoch} iterations.')
+            self._num_iter_per_epoch = iters_per_epoch(
+                num_images,
+                train_opt.get('dataset_enlarge_ratio', 1),
+                train_opt['batch_size_per_gpu'],
+                self.opt['world_size'],
+            )
+            get_root_logger().info(
+                f'Temperature schedule {self.temperature_schedule} over epochs of '
+                f'{self._num_iter_per_epoch} iterations.'
+            )
         return self._num_iter_per_epoch
 
     def update_learning_rate(self, current_iter, warmup_iter=-1):
@@ -173,8 +185,9 @@ class PDNModel(SRModel):
 
     # ------------------------------------------------------------------ validation extras
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        self._val_context = dict(dataset=dataloader.dataset.opt['name'], iter=current_iter, tb_logger=tb_logger,
-                                 save_img=save_img)
+        self._val_context = dict(
+            dataset=dataloader.dataset.opt['name'], iter=current_iter, tb_logger=tb_logger, save_img=save_img
+        )
         try:
             super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
         finally:
@@ -192,8 +205,10 @@ class PDNModel(SRModel):
         chosen = {}
         for i in indices:
             if not -len(dcms) <= i < len(dcms):
-                raise ValueError(f'val.save_attention: DCM index {i} out of range; the network has {len(dcms)} '
-                                 f'DCMs (indices 0..{len(dcms) - 1}, negative from the end)')
+                raise ValueError(
+                    f'val.save_attention: DCM index {i} out of range; the network has {len(dcms)} '
+                    f'DCMs (indices 0..{len(dcms) - 1}, negative from the end)'
+                )
             chosen[i % len(dcms)] = dcms[i]
         return chosen
 
@@ -212,8 +227,12 @@ class PDNModel(SRModel):
                 picture = overlay_heatmap(sr, mask[b, 0])
                 imwrite(picture, f'{stem}_attention_dcm{index}.png')
                 if ctx['tb_logger'] is not None:
-                    ctx['tb_logger'].add_image(f'attention/{ctx["dataset"]}/{img_name}/dcm{index}',
-                                               picture[..., ::-1].copy(), ctx['iter'], dataformats='HWC')
+                    ctx['tb_logger'].add_image(
+                        f'attention/{ctx["dataset"]}/{img_name}/dcm{index}',
+                        picture[..., ::-1].copy(),
+                        ctx['iter'],
+                        dataformats='HWC',
+                    )
 
     def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
         super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)

@@ -1,4 +1,5 @@
 """The router temperature schedule of the paper: T = 34 at the start, minus 3 every 10 epochs, never below 1."""
+
 import math
 from dataclasses import dataclass, fields
 
@@ -27,7 +28,9 @@ class TemperatureSchedule:
         if schedule.min <= 0 or schedule.init < schedule.min or schedule.step < 0:
             raise ValueError(f'train.temperature: need init >= min > 0 and step >= 0, got {opt}')
         if not isinstance(schedule.every_epochs, int) or schedule.every_epochs < 1:
-            raise ValueError(f'train.temperature.every_epochs must be a positive integer, got {schedule.every_epochs!r}')
+            raise ValueError(
+                f'train.temperature.every_epochs must be a positive integer, got {schedule.every_epochs!r}'
+            )
         return schedule
 
     def at_epoch(self, epoch):

@@ -3,6 +3,7 @@
 scikit-image is a dependency of basicsr, so these exist on every install and need no download. The demo trains
 on them and the tests build their small paired datasets from them.
 """
+
 import os
 
 import cv2
@@ -11,22 +12,38 @@ from basicsr.utils.matlab_functions import imresize
 
 # Captions describe what is in each photo, in the style of COCO captions.
 SAMPLE_CAPTIONS = {
-    'astronaut': ['a portrait of a smiling astronaut in a white spacesuit in front of an american flag',
-                  'an astronaut posing for an official photo with a space shuttle model'],
-    'coffee': ['a cup of coffee with latte art on a saucer with a spoon on a red table',
-               'a white coffee cup seen from above on a wooden surface'],
-    'chelsea': ['a ginger tabby cat with striped fur looking to the side',
-                'close up of an orange cat sitting on a rug'],
-    'rocket': ['a rocket standing on a launch pad next to a service tower under a blue sky',
-               'a space launch vehicle on the pad before lift off'],
-    'hubble_deep_field': ['a deep field telescope image of many small colourful galaxies on black space',
-                          'hundreds of distant galaxies scattered across a dark sky'],
-    'immunohistochemistry': ['a microscope image of stained tissue with brown and blue cells',
-                             'a histology slide with many stained cell nuclei'],
-    'retina': ['a fundus photograph of a human retina with red blood vessels on an orange background',
-               'a medical image of the back of an eye showing the optic disc and vessels'],
-    'motorcycle': ['a red and black motorcycle parked indoors among shelves and boxes',
-                   'a motorbike standing in a cluttered room'],
+    'astronaut': [
+        'a portrait of a smiling astronaut in a white spacesuit in front of an american flag',
+        'an astronaut posing for an official photo with a space shuttle model',
+    ],
+    'coffee': [
+        'a cup of coffee with latte art on a saucer with a spoon on a red table',
+        'a white coffee cup seen from above on a wooden surface',
+    ],
+    'chelsea': [
+        'a ginger tabby cat with striped fur looking to the side',
+        'close up of an orange cat sitting on a rug',
+    ],
+    'rocket': [
+        'a rocket standing on a launch pad next to a service tower under a blue sky',
+        'a space launch vehicle on the pad before lift off',
+    ],
+    'hubble_deep_field': [
+        'a deep field telescope image of many small colourful galaxies on black space',
+        'hundreds of distant galaxies scattered across a dark sky',
+    ],
+    'immunohistochemistry': [
+        'a microscope image of stained tissue with brown and blue cells',
+        'a histology slide with many stained cell nuclei',
+    ],
+    'retina': [
+        'a fundus photograph of a human retina with red blood vessels on an orange background',
+        'a medical image of the back of an eye showing the optic disc and vessels',
+    ],
+    'motorcycle': [
+        'a red and black motorcycle parked indoors among shelves and boxes',
+        'a motorbike standing in a cluttered room',
+    ],
 }
 
 
@@ -57,7 +74,7 @@ def write_pairs(photos, out_dir, scale, crop=None):
     for key, img in photos.items():
         if crop is not None:
             top, left = max(0, (img.shape[0] - crop) // 2), max(0, (img.shape[1] - crop) // 2)
-            img = img[top:top + crop, left:left + crop]
+            img = img[top : top + crop, left : left + crop]
         h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
         hr = np.ascontiguousarray(img[:h, :w, ::-1])  # RGB -> BGR for OpenCV
         cv2.imwrite(os.path.join(hr_dir, f'{key}.png'), hr)

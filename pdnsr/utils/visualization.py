@@ -1,4 +1,5 @@
 """Attention masks as pictures: colour heat maps, optionally over the image they belong to."""
+
 import cv2
 import numpy as np
 
