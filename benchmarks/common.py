@@ -145,6 +145,8 @@ def fwd_bwd(net, inputs, grad_out=None):
     return step
 
 
-def verdict(value, target, smaller_is_better=True):
+def verdict(value, target, smaller_is_better=True, quick=False):
+    if quick:
+        return 'n/a (--quick is a smoke run)'
     ok = value <= target if smaller_is_better else value >= target
     return f'{"met" if ok else "MISSED"} (target ≤ {target})'

@@ -52,7 +52,7 @@ SCALE = 2
 # The default was timed on a 2-core CPU shared with other jobs (docs/demo.md); 'quick' is for the test suite.
 RECIPES = {
     'default': dict(
-        num_feat=32, num_block=8, gt_size=64, batch_size=8, iters=300, lr=1e-3, ema_decay=0.99, train_crop=480
+        num_feat=32, num_block=8, gt_size=48, batch_size=8, iters=200, lr=1e-3, ema_decay=0.99, train_crop=320
     ),
     'quick': dict(num_feat=16, num_block=2, gt_size=32, batch_size=4, iters=20, lr=1e-3, ema_decay=0.9, train_crop=128),
 }
@@ -72,6 +72,10 @@ _LOG_VALUE = re.compile(r'(l_pix|temperature): ([-+0-9.e]+)')
 
 class DemoError(Exception):
     """A problem the user can fix (bad option, unloadable CLIP weights): reported as one line, exit status 2."""
+
+
+class TrainingFailed(Exception):
+    """A ``pdnsr/train.py`` run exited with an error; the message holds the tail of its log."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -101,9 +105,9 @@ def banner(random_clip, clip_model, clip_pretrained):
     if random_clip:
         return [
             f'NOTE: CLIP ({clip_model}) runs with RANDOM weights (--clip-pretrained none, the default).',
-            'Each caption becomes a fixed but meaningless vector, so any gain or loss of EDSR+ over EDSR below is',
-            'not evidence either way. Pass --clip-pretrained with a tag or a local open_clip checkpoint file for',
-            'real prompts.',
+            'Each caption becomes a fixed but meaningless vector, so a gain or a loss of EDSR+ over EDSR is not',
+            'evidence either way. Pass --clip-pretrained with an open_clip tag or a local checkpoint file for',
+            'prompts that mean something.',
         ]
     return [f'CLIP ({clip_model}) runs with pretrained weights {clip_pretrained!r}.']
 
@@ -215,7 +219,7 @@ def train_all(runs, root, iters):
     than two consecutive two-threaded ones. basicsr's log lines are summarised as they come, prefixed by the label.
 
     Returns:
-        dict[str, float]: seconds per label. Raises RuntimeError with the log's tail if a run fails.
+        dict[str, float]: seconds per label. Raises TrainingFailed with the log's tail if a run fails.
     """
     train_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
     env = dict(os.environ, PDNSR_ROOT=root, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
@@ -251,7 +255,7 @@ def train_all(runs, root, iters):
         thread.join()
     for label, proc in procs.items():
         if proc.returncode != 0:
-            raise RuntimeError(
+            raise TrainingFailed(
                 f'training {label} failed (exit status {proc.returncode}); last lines of its log:\n'
                 + '\n'.join(tails.get(label, []))
             )
@@ -284,12 +288,11 @@ def bicubic_up(lr_bgr):
 def worst_window(bicubic, hr, size):
     """(top, left) of the ``size`` x ``size`` window where bicubic errs most: where SR has the most to recover."""
     err = np.abs(bicubic.astype(np.float32) - hr.astype(np.float32)).mean(axis=2)
-    h, w = err.shape
     # Box sums of every window at once from the summed-area table.
     sat = np.pad(err.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     sums = sat[size:, size:] - sat[:-size, size:] - sat[size:, :-size] + sat[:-size, :-size]
     top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
-    return min(int(top), h - size), min(int(left), w - size)
+    return int(top), int(left)
 
 
 def labelled(panel, text):
@@ -375,7 +378,7 @@ def run(args):
 
     # Runs start fresh; anything else in the output folder is left alone.
     os.makedirs(out, exist_ok=True)
-    for sub in ('data', 'options', os.path.join('experiments', 'demo_baseline'), os.path.join('experiments', 'demo_plus')):
+    for sub in ('data', 'options', 'experiments/demo_baseline', 'experiments/demo_plus'):
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
 
     stage(1, total, f'encoding captions with CLIP {args.clip_model} (pretrained={args.clip_pretrained})')
@@ -391,7 +394,7 @@ def run(args):
     del encoder  # ~600 MB of CLIP weights are not needed during training
     print(
         f'    {len(data["train_keys"])} training photos ({", ".join(data["train_keys"])}), held out: {HOLDOUT}; '
-        f'prompt store {os.path.relpath(store)}',
+        f'prompt store {os.path.join(args.output, "data", "prompts_text.lmdb")}',
         flush=True,
     )
 
@@ -402,7 +405,7 @@ def run(args):
         opt_path = os.path.join(out, 'options', f'train_demo_{kind}.yml')
         write_yaml(make_options(kind, data, store, recipe, iters, args.seed, prompt_dim), opt_path)
         runs.append((LABELS[kind], opt_path))
-    print(f'    option files in {os.path.relpath(os.path.join(out, "options"))}', flush=True)
+    print(f'    option files in {os.path.join(args.output, "options")}', flush=True)
     t_train = time.time()
     train_all(runs, out, iters)
     t_train = time.time() - t_train
@@ -433,7 +436,7 @@ def run(args):
     dcm_ids = sorted(masks['true'])
     first, last = dcm_ids[0], dcm_ids[-1]
     grid, spread = [], []
-    for which, caption in (('true', true_caption), ('unrelated', UNRELATED_CAPTION)):
+    for which in ('true', 'unrelated'):
         row = []
         for i in (first, last):
             overlay = overlay_heatmap(sr[which], masks[which][i][0, 0])
@@ -488,6 +491,6 @@ def main(argv=None, prog=None):
     except DemoError as err:
         print(f'{prog}: error: {err}', file=sys.stderr)
         return 2
-    except RuntimeError as err:
+    except TrainingFailed as err:
         print(f'{prog}: {err}', file=sys.stderr)
         return 1

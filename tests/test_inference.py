@@ -4,6 +4,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -96,8 +98,9 @@ def _psnr(a, b):
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
-def _cli(capsys, *args):
-    code = main(list(args))
+def _cli(capsys, model, inp, out, *extra):
+    """Run the CLI in-process on ``model`` = (option file, weights); returns (exit status, stderr)."""
+    code = main(['--opt', model[0], '--weights', model[1], '--input', str(inp), '--output', str(out), *extra])
     return code, capsys.readouterr().err
 
 
@@ -131,17 +134,7 @@ def test_bad_weights_name_the_first_mismatching_key(tmp_path, models, capsys):
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         load_weights(small, tmp_path / 'nope.pth')
 
-    code, err = _cli(
-        capsys,
-        '--opt',
-        models['edsr_plus'][0],
-        '--weights',
-        str(wrong),
-        '--input',
-        str(tmp_path),
-        '--output',
-        str(tmp_path / 'out'),
-    )
+    code, err = _cli(capsys, (models['edsr_plus'][0], str(wrong)), str(tmp_path), str(tmp_path / 'out'))
     assert code == 2
     assert err.count('\n') == 1 and 'conv_first.weight' in err and 'Traceback' not in err
 
@@ -198,18 +191,14 @@ def test_super_resolve_prompt_matters_and_baseline_ignores_it(paired_data, model
 # CLI
 def test_cli_text_prompt_real_encoder(tmp_path, paired_data, models, clip_encoder, capsys):
     """Builds its own random-weight CLIP (--clip-pretrained none) and matches the library call."""
-    opt, weights = models['edsr_plus']
+    model = models['edsr_plus']
     out = tmp_path / 'out'
+    key = paired_data['keys'][0]
     code, err = _cli(
         capsys,
-        '--opt',
-        opt,
-        '--weights',
-        weights,
-        '--input',
-        paired_data['lr'],
-        '--output',
-        str(out),
+        model,
+        os.path.join(paired_data['lr'], f'{key}.png'),
+        out,
         '--prompt',
         'a cup of coffee',
         '--clip-pretrained',
@@ -218,9 +207,7 @@ def test_cli_text_prompt_real_encoder(tmp_path, paired_data, models, clip_encode
         '20',
     )
     assert code == 0, err
-    keys = paired_data['keys']
-    assert sorted(os.listdir(out)) == sorted(f'{k}_pdnsr.png' for k in keys)
-    key = keys[0]
+    assert os.listdir(out) == [f'{key}_pdnsr.png']
     written = cv2.imread(str(out / f'{key}_pdnsr.png'))
     expected = tensor_to_bgr(
         super_resolve(_net(models['edsr_plus']), _lq(paired_data, key), clip_encoder.encode_text(['a cup of coffee']))
@@ -230,7 +217,7 @@ def test_cli_text_prompt_real_encoder(tmp_path, paired_data, models, clip_encode
 
 
 def test_cli_image_prompt(tmp_path, paired_data, models, shared_clip, capsys):
-    opt, weights = models['rdn_plus']
+    model = models['rdn_plus']
     lr = paired_data['lr']
     prompt_file = os.path.join(paired_data['hr'], f'{paired_data["keys"][1]}.png')
     outs = {}
@@ -238,14 +225,9 @@ def test_cli_image_prompt(tmp_path, paired_data, models, shared_clip, capsys):
         out = tmp_path / view
         code, err = _cli(
             capsys,
-            '--opt',
-            opt,
-            '--weights',
-            weights,
-            '--input',
+            model,
             os.path.join(lr, 'coffee.png'),
-            '--output',
-            str(out),
+            out,
             '--prompt-image',
             prompt_file,
             '--prompt-view',
@@ -265,31 +247,19 @@ def test_cli_image_prompt(tmp_path, paired_data, models, shared_clip, capsys):
 def test_cli_captions_one_per_image_missing_key_skipped(
     tmp_path, paired_data, models, clip_encoder, shared_clip, capsys
 ):
-    opt, weights = models['edsr_plus']
+    model = models['edsr_plus']
     keys = paired_data['keys']
     captions = tmp_path / 'captions.json'
     captions.write_text(json.dumps({k: SAMPLE_CAPTIONS[k] for k in keys[1:]}))
     out = tmp_path / 'out'
     code, err = _cli(
-        capsys,
-        '--opt',
-        opt,
-        '--weights',
-        weights,
-        '--input',
-        paired_data['lr'],
-        '--output',
-        str(out),
-        '--captions',
-        str(captions),
-        '--clip-pretrained',
-        'none',
+        capsys, model, paired_data['lr'], str(out), '--captions', str(captions), '--clip-pretrained', 'none'
     )
     assert code == 1
     assert f'{keys[0]}.png' in err and 'no caption' in err
     assert sorted(os.listdir(out)) == sorted(f'{k}_pdnsr.png' for k in keys[1:])
     net = _net(models['edsr_plus'])
-    for key in keys[1:3]:  # each image got its own first caption
+    for key in keys[1:3]:  # each image got its own first caption, not the same one
         expected = tensor_to_bgr(
             super_resolve(net, _lq(paired_data, key), clip_encoder.encode_text([SAMPLE_CAPTIONS[key][0]]))
         )
@@ -298,20 +268,8 @@ def test_cli_captions_one_per_image_missing_key_skipped(
 
 
 def test_cli_no_prompt_warns(tmp_path, paired_data, models, shared_clip, capsys):
-    opt, weights = models['edsr_plus']
-    code, err = _cli(
-        capsys,
-        '--opt',
-        opt,
-        '--weights',
-        weights,
-        '--input',
-        paired_data['lr'],
-        '--output',
-        str(tmp_path),
-        '--clip-pretrained',
-        'none',
-    )
+    model = models['edsr_plus']
+    code, err = _cli(capsys, model, paired_data['lr'], str(tmp_path), '--clip-pretrained', 'none')
     assert code == 0
     assert 'zero prompt' in err and 'uniform 0.5' in err
     assert len(os.listdir(tmp_path)) == len(paired_data['keys'])
@@ -319,24 +277,12 @@ def test_cli_no_prompt_warns(tmp_path, paired_data, models, shared_clip, capsys)
 
 
 def test_cli_baseline_ignores_prompt_and_reads_grey(tmp_path, paired_data, models, shared_clip, capsys):
-    opt, weights = models['rdn']
+    model = models['rdn']
     grey = tmp_path / 'in' / 'grey.png'
     grey.parent.mkdir()
     cv2.imwrite(str(grey), cv2.imread(os.path.join(paired_data['lr'], 'coffee.png'), cv2.IMREAD_GRAYSCALE))
     code, err = _cli(
-        capsys,
-        '--opt',
-        opt,
-        '--weights',
-        weights,
-        '--input',
-        str(grey.parent),
-        '--output',
-        str(tmp_path / 'out'),
-        '--prompt',
-        'a cup',
-        '--clip-pretrained',
-        'none',
+        capsys, model, str(grey.parent), str(tmp_path / 'out'), '--prompt', 'a cup', '--clip-pretrained', 'none'
     )
     assert code == 0, err
     assert 'baseline' in err and 'ignored' in err
@@ -345,29 +291,24 @@ def test_cli_baseline_ignores_prompt_and_reads_grey(tmp_path, paired_data, model
 
 
 def test_cli_unreadable_image_reported_others_written(tmp_path, paired_data, models, capsys):
-    opt, weights = models['rdn']
+    model = models['rdn']
     inp = tmp_path / 'in'
     shutil.copytree(paired_data['lr'], inp)
     (inp / 'broken.png').write_bytes(b'this is not a png at all' * 10)
     out = tmp_path / 'out'
-    code, err = _cli(capsys, '--opt', opt, '--weights', weights, '--input', str(inp), '--output', str(out))
+    code, err = _cli(capsys, model, str(inp), str(out))
     assert code == 1
     assert 'broken.png' in err and 'Traceback' not in err
     assert sorted(os.listdir(out)) == sorted(f'{k}_pdnsr.png' for k in paired_data['keys'])
 
 
 def test_cli_attention_pngs(tmp_path, paired_data, models, shared_clip, capsys):
-    opt, weights = models['edsr_plus']
+    model = models['edsr_plus']
     out = tmp_path / 'out'
     code, err = _cli(
         capsys,
-        '--opt',
-        opt,
-        '--weights',
-        weights,
-        '--input',
+        model,
         os.path.join(paired_data['lr'], 'chelsea.png'),
-        '--output',
         str(out),
         '--prompt',
         'a cat',
@@ -381,20 +322,7 @@ def test_cli_attention_pngs(tmp_path, paired_data, models, shared_clip, capsys):
     assert sorted(os.listdir(out)) == ['chelsea_attention_dcm0.png', 'chelsea_attention_dcm1.png', 'chelsea_pdnsr.png']
     for name in os.listdir(out):
         assert cv2.imread(str(out / name)).shape == (96, 96, 3)
-    code, err = _cli(
-        capsys,
-        '--opt',
-        opt,
-        '--weights',
-        weights,
-        '--input',
-        paired_data['lr'],
-        '--output',
-        str(out),
-        '--save-attention',
-        '--attention-dcms',
-        '5',
-    )
+    code, err = _cli(capsys, model, paired_data['lr'], str(out), '--save-attention', '--attention-dcms', '5')
     assert code == 2 and 'has 2 DCMs' in err
 
 
@@ -407,19 +335,8 @@ def test_cli_attention_pngs(tmp_path, paired_data, models, shared_clip, capsys):
     ],
 )
 def test_cli_user_errors_exit_2_with_one_line(tmp_path, paired_data, models, capsys, extra, message):
-    opt, weights = models['edsr_plus']
-    code, err = _cli(
-        capsys,
-        '--opt',
-        opt,
-        '--weights',
-        weights,
-        '--input',
-        paired_data['lr'],
-        '--output',
-        str(tmp_path / 'out'),
-        *extra,
-    )
+    model = models['edsr_plus']
+    code, err = _cli(capsys, model, paired_data['lr'], str(tmp_path / 'out'), *extra)
     lines = [line for line in err.splitlines() if 'error:' in line]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert 'Traceback' not in err
@@ -427,39 +344,42 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, paired_data, models, cap
 
 
 def test_cli_prompt_dim_mismatch_names_both(tmp_path, paired_data, models, shared_clip, capsys):
-    opt, weights = models['edsr_plus_256']
-    code, err = _cli(
-        capsys,
-        '--opt',
-        opt,
-        '--weights',
-        weights,
-        '--input',
-        paired_data['lr'],
-        '--output',
-        str(tmp_path),
-        '--prompt',
-        'a cat',
-        '--clip-pretrained',
-        'none',
-    )
+    model = models['edsr_plus_256']
+    code, err = _cli(capsys, model, paired_data['lr'], str(tmp_path), '--prompt', 'a cat', '--clip-pretrained', 'none')
     assert code == 2 and '512' in err and 'prompt_dim=256' in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message on a machine without CUDA')
 def test_cli_cuda_without_cuda(tmp_path, paired_data, models, capsys):
-    opt, weights = models['edsr_plus']
-    code, err = _cli(
-        capsys,
-        '--opt',
-        opt,
-        '--weights',
-        weights,
-        '--input',
-        paired_data['lr'],
-        '--output',
-        str(tmp_path),
-        '--device',
-        'cuda',
-    )
+    model = models['edsr_plus']
+    code, err = _cli(capsys, model, paired_data['lr'], str(tmp_path), '--device', 'cuda')
     assert code == 2 and 'no CUDA device' in err
+
+
+def test_script_entry_point_runs_as_a_process(tmp_path, paired_data, models):
+    """The thin script runs as a user would start it; a user error is one line and exit status 2, no traceback."""
+    model = models['edsr_plus']
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'inference_pdnsr.py')
+    proc = subprocess.run(
+        [
+            sys.executable,
+            script,
+            '--opt',
+            model[0],
+            '--weights',
+            model[1],
+            '--input',
+            paired_data['lr'],
+            '--output',
+            str(tmp_path),
+            '--fp16',
+            '--device',
+            'cpu',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith('inference_pdnsr.py: error: --fp16 needs a CUDA device')
+    assert 'Traceback' not in proc.stderr

@@ -1,0 +1,50 @@
+"""Every benchmark script runs with ``--quick`` and prints its markdown table and command (values not checked).
+
+The scripts start in parallel subprocesses (one thread each): most of each run is the import of torch / basicsr,
+which would otherwise be paid once per script in a row.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+# script -> (extra arguments, a table header line it must print)
+SCRIPTS = {
+    'bench_dcm.py': ([], '| variant | median ms |'),
+    'bench_networks.py': ([], '| pair | baseline ms |'),
+    'bench_memory.py': ([], '| network | params | RSS of model + inputs (MiB) |'),
+    'bench_amp.py': ([], '| module | autocast dtype | output finite |'),
+    'count_params.py': ([], '| network | params | ÷ baseline | MACs / LR pixel |'),
+    'bench_quality.py': ([], '| set | metric | EDSR | EDSR+ |'),
+}
+
+
+@pytest.fixture(scope='module')
+def quick_runs(tmp_path_factory):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    procs = {}
+    for script, (extra, _) in SCRIPTS.items():
+        args = [sys.executable, str(REPO_ROOT / 'benchmarks' / script), '--quick', '--threads', '1', *extra]
+        if script == 'bench_quality.py':
+            args += ['--workdir', str(tmp_path_factory.mktemp('quality'))]
+        procs[script] = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+    results = {}
+    for script, proc in procs.items():
+        out, err = proc.communicate(timeout=600)
+        results[script] = (proc.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize('script', sorted(SCRIPTS))
+def test_quick_run_prints_table_and_command(quick_runs, script):
+    code, out, err = quick_runs[script]
+    assert code == 0, out[-2000:] + err[-3000:]
+    assert f'command: `.venv/bin/python benchmarks/{script} --quick' in out, out[-2000:]
+    assert 'torch ' in out and 'threads 1' in out
+    if script == 'bench_quality.py' and 'SKIPPED: data not found' in out:
+        pytest.skip('shared data absent: the quality benchmark printed its skip message')
+    assert SCRIPTS[script][1] in out, out[-3000:]

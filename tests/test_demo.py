@@ -1,0 +1,101 @@
+"""The demo (scripts/demo.py) end to end in --quick mode, plus its user errors and log summarising."""
+
+import os
+import re
+import subprocess
+import sys
+
+import cv2
+import yaml
+
+from conftest import REPO_ROOT
+from pdnsr import demo
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'keep.txt').write_text('not ours')  # an existing output folder is fine, and its other files stay
+    env = dict(os.environ, OMP_NUM_THREADS='2')
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, 'scripts', 'demo.py'), '--quick', '--output', str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout
+
+    # The random-weights notice comes first and again under the table.
+    assert log.startswith('NOTE: CLIP (ViT-B-32) runs with RANDOM weights')
+    assert log.count('not evidence either way') == 2
+    for step in range(1, 6):
+        assert f'[{step}/5]' in log
+    assert re.search(r'EDSR\+ +iter +20/20 +l_pix \d', log), 'training progress was not summarised'
+
+    number = r'\| (\d+\.\d{2}) \| (\d\.\d{4}) \|'
+    rows = {}
+    for name, pattern in (
+        ('bicubic', r'\| bicubic '),
+        ('baseline', r'\| EDSR \(baseline, no prompt\) '),
+        ('plus', r'\| EDSR\+ \(true caption\) '),
+        ('plus_unrelated', r'\| EDSR\+ \(unrelated caption\) '),
+    ):
+        match = re.search(f'^{pattern}{number}$', log, re.MULTILINE)
+        assert match, f'no table row for {name}:\n{log[-2000:]}'
+        rows[name] = tuple(float(v) for v in match.groups())
+    assert 20 < rows['bicubic'][0] < 60 and 0 < rows['bicubic'][1] <= 1
+    assert (out / 'results.md').read_text().startswith('| method | PSNR (dB) | SSIM |')
+    assert (out / 'keep.txt').exists()
+
+    hr = cv2.imread(str(out / 'data' / 'test' / 'HR' / f'{demo.HOLDOUT}.png'))
+    assert hr is not None
+    side = demo.CROP * demo.ZOOM
+    comparison = cv2.imread(str(out / 'comparison.png'))
+    assert comparison is not None and comparison.shape == (*demo.layout_size(side, side, cols=5), 3)
+    attention = cv2.imread(str(out / 'attention.png'))
+    assert attention is not None
+    assert attention.shape == (*demo.layout_size(hr.shape[0], hr.shape[1], cols=2, rows=2), 3)
+    last = demo.RECIPES['quick']['num_block'] - 1  # one DCM per residual block
+    for name in (f'attention_dcm{i}_{which}.png' for i in (0, last) for which in ('true', 'unrelated')):
+        picture = cv2.imread(str(out / name))
+        assert picture is not None and picture.shape == hr.shape, name
+
+    # One recipe, two networks: only the network and dataset types (and the prompt store) differ.
+    base = yaml.safe_load((out / 'options' / 'train_demo_baseline.yml').read_text())
+    plus = yaml.safe_load((out / 'options' / 'train_demo_plus.yml').read_text())
+    assert (base['network_g']['type'], plus['network_g']['type']) == ('EDSR', 'EDSRPlus')
+    assert base['datasets']['train']['type'] == 'PairedImageDataset'
+    assert plus['datasets']['train']['type'] == 'PromptPairedImageDataset'
+    assert base['train'] == plus['train'] and base['manual_seed'] == plus['manual_seed'] and base['num_gpu'] == 0
+    assert (out / 'experiments' / 'demo_plus' / 'models' / 'net_g_latest.pth').is_file()
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert demo.main(['--iters', '0', '--output', str(tmp_path / 'a')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and '--iters must be a positive' in err
+
+    a_file = tmp_path / 'file'
+    a_file.write_text('x')
+    assert demo.main(['--output', str(a_file)]) == 2
+    assert 'is not a folder' in capsys.readouterr().err
+
+    missing = str(tmp_path / 'nowhere' / 'open_clip_model.bin')
+    assert demo.main(['--quick', '--output', str(tmp_path / 'b'), '--clip-pretrained', missing]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count('\n') == 1 and 'does not exist' in captured.err
+    assert captured.out.startswith(f'CLIP (ViT-B-32) runs with pretrained weights {missing!r}')
+
+    assert demo.main(['--no-such-option']) == 2
+
+
+def test_training_log_lines_are_summarised():
+    line = (
+        '2026-01-01 10:00:00,000 INFO: [demo_..][epoch:  4, iter:      30, lr:(9.771e-04,)] '
+        '[eta: 0:03:38, time (data): 0.871 (0.201)] l_pix: 4.5320e-02 temperature: 3.1000e+01 \n'
+    )
+    assert demo._summarise(line, 200) == 'iter    30/200  l_pix 0.0453  T 31  eta 0:03:38'
+    assert demo._summarise('2026-01-01 10:00:00,000 INFO: Start training from epoch: 0, iter: 0', 200) is None

@@ -1,0 +1,105 @@
+"""scripts/visualize_attention.py: one image, several prompts -> a readable PNG figure."""
+
+import importlib.util
+import os
+
+import cv2
+import pytest
+import torch
+
+from pdnsr import inference
+from pdnsr.inference import build_network_from_options
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+NET = """
+network_g:
+  type: EDSRPlus
+  num_in_ch: 3
+  num_out_ch: 3
+  num_feat: 8
+  num_block: 2
+  upscale: 2
+"""
+
+
+@pytest.fixture(scope='module')
+def script():
+    spec = importlib.util.spec_from_file_location(
+        'visualize_attention', os.path.join(REPO_ROOT, 'scripts', 'visualize_attention.py')
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def model(tmp_path, monkeypatch, clip_encoder):
+    # The session's random-weight CLIP stands in for --clip-pretrained none (same seed, same weights, built once).
+    monkeypatch.setattr(inference, 'PromptEncoder', lambda *args, **kwargs: clip_encoder)
+    opt = tmp_path / 'net.yml'
+    opt.write_text(NET)
+    torch.manual_seed(0)
+    state = build_network_from_options(opt).state_dict()
+    weights = tmp_path / 'net.pth'
+    torch.save({'params': state, 'params_ema': state}, weights)
+    return str(opt), str(weights)
+
+
+@pytest.mark.parametrize('background', ['sr', 'lr'])
+def test_figure_written(tmp_path, paired_data, model, script, capsys, background):
+    out = tmp_path / 'figs' / 'fig.png'
+    prompts = ['an astronaut in a white spacesuit', 'an american flag behind a person with a long caption that wraps']
+    argv = [
+        '--opt',
+        model[0],
+        '--weights',
+        model[1],
+        '--image',
+        os.path.join(paired_data['lr'], 'astronaut.png'),
+        '--output',
+        str(out),
+        '--clip-pretrained',
+        'none',
+        '--background',
+        background,
+        '--dcm',
+        '0',
+    ]
+    for p in prompts:
+        argv += ['--prompt', p]
+    assert script.main(argv) == 0, capsys.readouterr().err
+    fig = cv2.imread(str(out))
+    assert fig is not None and fig.ndim == 3
+    # Three 96x96 panels (image + one per prompt) with gaps, and a caption strip under them.
+    assert 3 * 96 < fig.shape[1] < 3 * 96 + 30 and fig.shape[0] > 96
+    strip = fig[96:]
+    assert (strip < 128).any()  # some text was drawn
+    assert not os.path.exists(f'{out}.tmp')
+
+
+def test_bad_dcm_index(tmp_path, paired_data, model, script, capsys):
+    argv = [
+        '--opt',
+        model[0],
+        '--weights',
+        model[1],
+        '--image',
+        os.path.join(paired_data['lr'], 'astronaut.png'),
+        '--output',
+        str(tmp_path / 'fig.png'),
+        '--clip-pretrained',
+        'none',
+        '--prompt',
+        'a',
+        '--dcm',
+        '7',
+    ]
+    assert script.main(argv) == 2
+    assert 'has 2 DCMs' in capsys.readouterr().err
+    assert not (tmp_path / 'fig.png').exists()
+
+
+def test_wrap_text(script):
+    lines = script.wrap_text('a b c d e f g h i j k l m n o p', width=40, scale=0.5)
+    assert len(lines) > 1 and ' '.join(lines) == 'a b c d e f g h i j k l m n o p'
