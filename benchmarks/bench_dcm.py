@@ -11,10 +11,20 @@ Default sizes are the issue's: B = 16, c = 64, 48 x 48, d = 512, k = 3, n = 4 ba
 
     .venv/bin/python benchmarks/bench_dcm.py [--device cpu|cuda] [--quick] [--profile]
 """
-from common import make_parser, min_ratio, paired_ratio, print_header, print_table, setup, spread, time_interleaved, verdict
+from common import (
+    make_parser,
+    min_ratio,
+    paired_ratio,
+    print_header,
+    print_table,
+    setup,
+    spread,
+    time_interleaved,
+    verdict,
+)
+
 # isort: split
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pdnsr.archs.dcm_arch import DynamicCorrelationModule
@@ -160,7 +170,8 @@ def main():
     whole, whole_samples = part_results['DCM fast path (whole)']
     base2, base2_samples = part_results['plain Conv2d(c, c, 3, 1, 1)']
     summed = sum(part_results[n][0] for n in list(part_fns)[:3])
-    rows = [[name, f'{med * 1e3:.1f}', f'{paired_ratio(smp, base2_samples):.2f}', f'{min_ratio(smp, base2_samples):.2f}',
+    rows = [[name, f'{med * 1e3:.1f}', f'{paired_ratio(smp, base2_samples):.2f}',
+             f'{min_ratio(smp, base2_samples):.2f}',
              f'{100 * med / whole:.0f}%' if not name.startswith('alt') else '(alternative)']
             for name, (med, smp) in part_results.items()]
     rows.append(['rest (M·x, cat, bias add, autograd glue) = whole − first three', f'{(whole - summed) * 1e3:.1f}',

@@ -78,7 +78,8 @@ def main():
     parser.add_argument('--child', choices=('RCAN', 'RCANPlus'), help=argparse_hidden())
     args = parser.parse_args()
     if args.quick:
-        args.batch, args.size, args.feat, args.groups, args.blocks, args.squeeze, args.prompt_dim = 2, 12, 8, 1, 3, 4, 16
+        args.batch, args.size, args.feat, args.groups, args.blocks = 2, 12, 8, 1, 3
+        args.squeeze, args.prompt_dim = 4, 16
     if args.child:
         return child(args)
     device = setup(args)

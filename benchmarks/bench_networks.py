@@ -5,8 +5,19 @@ RCAN: the full 10 groups x 20 blocks and a 2-group (x 20 blocks) one; RDN: D = 1
 
     .venv/bin/python benchmarks/bench_networks.py [--device cpu|cuda] [--quick] [--only rcan,rdn,edsr]
 """
-from common import (fwd_bwd, make_parser, min_ratio, paired_ratio, print_header, print_table, setup, spread, time_interleaved,
-                    verdict)
+from common import (
+    fwd_bwd,
+    make_parser,
+    min_ratio,
+    paired_ratio,
+    print_header,
+    print_table,
+    setup,
+    spread,
+    time_interleaved,
+    verdict,
+)
+
 # isort: split
 import torch
 from basicsr.archs.edsr_arch import EDSR

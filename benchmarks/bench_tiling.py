@@ -33,6 +33,12 @@ NETWORKS = {
     'RDN+': dict(type='RDNPlus', num_feat=64, num_block=16, num_layer=8, growth=64, upscale=4),
     'RCAN+': dict(type='RCANPlus', num_in_ch=3, num_out_ch=3, num_feat=64, num_group=10, num_block=20, upscale=4),
 }
+# --quick: the same layouts, a few blocks each, so that a smoke run takes seconds.
+QUICK = {
+    'EDSR+': dict(num_feat=16, num_block=2),
+    'RDN+': dict(num_feat=16, num_block=2, num_layer=2, growth=16),
+    'RCAN+': dict(num_feat=16, num_group=2, num_block=3, squeeze_factor=4),
+}
 
 
 def psnr(a, b):
@@ -82,7 +88,7 @@ def main():
     rows = []
     for label in args.networks:
         torch.manual_seed(0)
-        net = build_network(dict(NETWORKS[label])).to(device).eval()
+        net = build_network({**NETWORKS[label], **(QUICK[label] if args.quick else {})}).to(device).eval()
         gen = torch.Generator().manual_seed(1)
         prompt = torch.nn.functional.normalize(torch.randn(1, net.prompt_dim, generator=gen), dim=1).to(device)
         results = {}

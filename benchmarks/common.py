@@ -19,8 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import pdnsr  # noqa: E402,F401  (before basicsr: applies the compat patches and registers the archs)
 import torch  # noqa: E402
+
+import pdnsr  # noqa: E402,F401  (before basicsr: applies the compat patches and registers the archs)
 
 
 def make_parser(description):

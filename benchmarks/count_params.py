@@ -16,6 +16,7 @@ term is the folding, ``n c (c + 1) d k^2`` (about 76 M MACs for c = 64, d = 512,
     .venv/bin/python benchmarks/count_params.py [--quick]
 """
 from common import make_parser, print_header, print_table, setup
+
 # isort: split
 import torch
 from basicsr.archs.edsr_arch import EDSR
@@ -94,7 +95,9 @@ def main():
     drows = []
     for k in (1, 3):
         dcm = DynamicCorrelationModule(c, d, kernel_size=k).to(device)
-        x_fn = (lambda s: (torch.randn(1, c, s, s, device=device), torch.randn(1, d, device=device)))
+        def x_fn(s):
+            return torch.randn(1, c, s, s, device=device), torch.randn(1, d, device=device)
+
         pix, img = macs_split(x_fn, dcm, sizes)
         lit_pix, _ = macs_split(x_fn, lambda x, p, m=dcm: m.forward_literal(x, p), sizes)
         a_pix, a_img = dcm_analytic(c, d, k=k)

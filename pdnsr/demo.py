@@ -80,7 +80,7 @@ class TrainingFailed(Exception):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # command line
-def build_parser(prog='demo.py'):
+def build_parser(prog='pdnsr-demo'):
     parser = argparse.ArgumentParser(
         prog=prog,
         description='Train a small EDSR+ (prompt-guided) and EDSR (no prompt) on the photos bundled with '
@@ -209,7 +209,9 @@ def _summarise(line, total):
         text += f'  l_pix {float(values["l_pix"]):.4f}'
     if 'temperature' in values:
         text += f'  T {float(values["temperature"]):g}'
-    return f'{text}  eta {match.group(2).strip()}'
+    eta = match.group(2).strip()
+    # basicsr's eta at the last iteration reads "-1 day, ..."; nothing is left then.
+    return text if eta.startswith('-') else f'{text}  eta {eta}'
 
 
 def train_all(runs, root, iters):
@@ -481,7 +483,7 @@ def main(argv=None, prog=None):
 
     0: done; 1: a training run failed (its log's tail is printed); 2: a user error, one line on stderr.
     """
-    prog = prog or 'demo.py'
+    prog = prog or 'pdnsr-demo'
     try:
         args = build_parser(prog).parse_args(argv)
     except SystemExit as err:  # argparse has printed the usage line
