@@ -2,14 +2,16 @@
 
 Paper-size networks at x4 (EDSR+ 16 blocks / 64 features, RDN+ D=16 C=8 G=64, RCAN+ 10 groups x 20 blocks), with
 RANDOM weights from a fixed seed (not trained: the figures measure how faithfully tiling reproduces the whole-image
-function, not SR quality) and a fixed random unit prompt. Inputs are centre crops of Set14 images from
+function, not SR quality) and a fixed random unit prompt. Inputs are Set14 images from
 ``../shared/data/benchmarks/Set14``: the whole image bicubic-downscaled (MATLAB-style) by 4, centre-cropped to at most
 ``--crop`` x ``--crop`` LR pixels.
 
 "clipped" is the share of output values the [0, 1] clamp touched in the whole-image output: a random network
 saturates part of its output, and clamped pixels agree trivially, so read PSNR together with it.
 
-    .venv/bin/python benchmarks/bench_tiling.py [--images baboon zebra] [--crop 128] [--tile 64] [--pads 16 32 48]
+    .venv/bin/python benchmarks/bench_tiling.py [--images baboon barbara] [--crop 128] [--tile 64] [--pads 16 32 48]
+
+``--quick`` runs two-block versions of the networks on a 32 x 32 crop (a smoke run, not a measurement).
 """
 
 import os

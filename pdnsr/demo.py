@@ -105,9 +105,9 @@ def banner(random_clip, clip_model, clip_pretrained):
     if random_clip:
         return [
             f'NOTE: CLIP ({clip_model}) runs with RANDOM weights (--clip-pretrained none, the default).',
-            'Each caption becomes a fixed but meaningless vector, so a gain or a loss of EDSR+ over EDSR is not',
-            'evidence either way. Pass --clip-pretrained with an open_clip tag or a local checkpoint file for',
-            'prompts that mean something.',
+            'Each caption becomes a fixed but meaningless vector, so a gain or a loss of EDSR+',
+            'over EDSR is not evidence either way. Pass --clip-pretrained with an open_clip tag or',
+            'a local checkpoint file for prompts that mean something.',
         ]
     return [f'CLIP ({clip_model}) runs with pretrained weights {clip_pretrained!r}.']
 

@@ -94,6 +94,21 @@ def test_train_sample_crop_and_random_prompt(data):
     assert opt == frozen  # basicsr pops io_backend['type'] from its own copy, not ours
 
 
+def test_same_patches_as_the_baseline_dataset_with_the_same_seed(data):
+    """The prompt draw must not consume basicsr's crop/flip randomness: a baseline and its "+" twin trained with
+    one seed see the same patches."""
+    import random
+
+    root, _ = data
+    plus = PromptPairedImageDataset(_opt(root))
+    base = build_dataset(dict(_opt(root), type='PairedImageDataset'))
+    for dataset in (plus, base):
+        random.seed(7)
+        dataset.samples = [dataset[i % len(dataset)]['gt'] for i in range(12)]
+    for a, b in zip(plus.samples, base.samples):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_val_uses_first_prompt_and_full_image(data):
     root, prompts = data
     dataset = PromptPairedImageDataset(_opt(root, phase='val'))

@@ -2,7 +2,6 @@
 
 import copy
 import os
-import random
 
 import numpy as np
 import torch
@@ -85,8 +84,10 @@ class PromptPairedImageDataset(PairedImageDataset):
         if self.prompt_choice == 'first' or emb.shape[0] == 1:
             return emb[0]
         if self.prompt_choice == 'random':
-            # Python's `random`, like basicsr's crops, which basicsr's worker_init_fn seeds per worker.
-            return emb[random.randrange(emb.shape[0])]
+            # torch's generator, not Python's `random`: basicsr draws crops and flips from `random`, so a baseline
+            # (PairedImageDataset) and its "+" twin with the same seed see the same patches. PyTorch seeds torch's
+            # generator in every DataLoader worker.
+            return emb[int(torch.randint(emb.shape[0], ()))]
         mean = emb.mean(axis=0)
         return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
