@@ -17,7 +17,7 @@ Pipeline (the real stack):
 4. Evaluation: basicsr's ``calculate_psnr`` / ``calculate_ssim`` on Y, ``crop_border = scale``, per seed; the table
    gives mean ± std over seeds of each network and of the paired difference ("+" minus baseline, same seed).
 
-    .venv/bin/python benchmarks/bench_quality.py [--iters 600] [--seeds 0 1 2] [--clip-pretrained none|TAG|FILE]
+    .venv/bin/python benchmarks/bench_quality.py [--iters 150] [--seeds 0 1 2] [--clip-pretrained none|TAG|FILE]
 """
 import glob
 import os
@@ -178,8 +178,9 @@ def mean_std(values, digits):
 
 def main():
     parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument('--iters', type=int, default=600, help='training iterations per run (default 600: the '
-                        'whole run, 6 trainings, fits in about 15 minutes on 2 idle CPU cores)')
+    parser.add_argument('--iters', type=int, default=150, help='training iterations per run (default 150: about '
+                        '1-2 s per iteration on 2 CPU cores, so the 6 trainings plus data preparation fit in about '
+                        '15 minutes on an idle machine; more iterations give more meaningful numbers)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--scale', type=int, default=2)
     parser.add_argument('--num-block', type=int, default=8)
