@@ -41,6 +41,9 @@ NO_PROMPT_WARNING = (
 
 # ---------------------------------------------------------------------------------------------------------------------
 # network and weights
+SELF_PROMPT = 'self'
+
+
 def build_network_from_options(opt_path):
     """Build the network described by the ``network_g`` section of a basicsr option file (train or test YAML).
 
@@ -363,7 +366,11 @@ def build_parser(prog='pdnsr-infer'):
     parser.add_argument('--output', required=True, help='output folder')
     group = parser.add_mutually_exclusive_group()
     group.add_argument('--prompt', help='text prompt, used for every input image')
-    group.add_argument('--prompt-image', help='image file whose CLIP embedding is the prompt for every input')
+    group.add_argument(
+        '--prompt-image',
+        help='image file whose CLIP embedding is the prompt for every input; "self": each input is its own prompt '
+        '(what image-prompt training uses: the LR image, flipped by default)',
+    )
     group.add_argument(
         '--captions',
         help='JSON caption file: the first caption of each image key (file name '
@@ -447,31 +454,36 @@ def _check_cli_options(args, device, net):
             )
 
 
-def _prompts(args, net, device, keys):
-    """Per-key prompt embeddings ({key: (1, d)} or {key: None}) and the keys skipped for want of a caption."""
+def _prompt_source(args, net, device, keys):
+    """``(prompt_of, missing)``: ``prompt_of(key, rgb)`` gives the (1, d) embedding for one input (None = no prompt),
+    and ``missing`` lists the keys skipped for want of a caption."""
     prompt_given = args.prompt is not None or args.prompt_image is not None or args.captions is not None
     if not hasattr(net, 'prompt_dim'):
         if prompt_given:
             print(f'warning: {type(net).__name__} is a baseline network; the prompt is ignored', file=sys.stderr)
-        return dict.fromkeys(keys), []
+        return (lambda key, rgb: None), []
     if not prompt_given:
         print(f'warning: {NO_PROMPT_WARNING}', file=sys.stderr)
-        return dict.fromkeys(keys), []
+        return (lambda key, rgb: None), []
 
     # Read the cheap inputs before loading CLIP, so that their errors come first.
     captions = load_captions(args.captions, subset=args.captions_subset) if args.captions else None
-    prompt_rgb = read_image(args.prompt_image) if args.prompt_image else None
+    own_image = args.prompt_image == SELF_PROMPT
+    prompt_rgb = read_image(args.prompt_image) if args.prompt_image and not own_image else None
     encoder = make_prompt_encoder(args.clip_model, args.clip_pretrained, device, net.prompt_dim)
     if args.prompt is not None:
         emb = encoder.encode_text([args.prompt])
-        return dict.fromkeys(keys, emb), []
+        return (lambda key, rgb: emb), []
+    if own_image:
+        return (lambda key, rgb: encoder.encode_images([rgb], view=args.prompt_view)), []
     if prompt_rgb is not None:
         emb = encoder.encode_images([prompt_rgb], view=args.prompt_view)
-        return dict.fromkeys(keys, emb), []
+        return (lambda key, rgb: emb), []
     found = [k for k in keys if captions.get(k)]
     missing = [k for k in keys if not captions.get(k)]
     emb = encoder.encode_text([captions[k][0] for k in found], keys=found)
-    return {k: emb[i : i + 1] for i, k in enumerate(found)}, missing
+    rows = {k: emb[i : i + 1] for i, k in enumerate(found)}
+    return (lambda key, rgb: rows[key]), missing
 
 
 def _select_masks(masks, indices):
@@ -490,7 +502,7 @@ def run(args):
     _check_cli_options(args, device, net)
     net = net.to(device).eval()
     inputs = _collect_inputs(args.input)
-    prompts, missing = _prompts(args, net, device, list(inputs))
+    prompt_of, missing = _prompt_source(args, net, device, list(inputs))
     os.makedirs(args.output, exist_ok=True)
 
     failed = 0
@@ -507,7 +519,7 @@ def run(args):
             failed += 1
             continue
         lq = image_to_tensor(rgb, device)
-        prompt = prompts[key]
+        prompt = prompt_of(key, rgb)
         prompt = None if prompt is None else prompt.to(device)
         with torch.autocast('cuda', dtype=torch.float16, enabled=args.fp16):
             result = super_resolve(

@@ -244,6 +244,34 @@ def test_cli_image_prompt(tmp_path, paired_data, models, shared_clip, capsys):
     assert shared_clip == [('ViT-B-32', None)] * 2
 
 
+def test_cli_prompt_image_self_uses_each_input(tmp_path, paired_data, models, shared_clip, capsys):
+    """--prompt-image self: every input is encoded as its own prompt, the same as naming that file."""
+    model = models['edsr_plus']
+    keys = paired_data['keys'][:2]
+    inp = tmp_path / 'in'
+    inp.mkdir()
+    for key in keys:
+        shutil.copy(os.path.join(paired_data['lr'], f'{key}.png'), inp / f'{key}.png')
+    code, err = _cli(capsys, model, inp, tmp_path / 'self', '--prompt-image', 'self', '--clip-pretrained', 'none')
+    assert code == 0, err
+    for key in keys:
+        one = tmp_path / key
+        code, err = _cli(
+            capsys,
+            model,
+            inp / f'{key}.png',
+            one,
+            '--prompt-image',
+            str(inp / f'{key}.png'),
+            '--clip-pretrained',
+            'none',
+        )
+        assert code == 0, err
+        assert np.array_equal(
+            cv2.imread(str(tmp_path / 'self' / f'{key}_pdnsr.png')), cv2.imread(str(one / f'{key}_pdnsr.png'))
+        )
+
+
 def test_cli_captions_one_per_image_missing_key_skipped(
     tmp_path, paired_data, models, clip_encoder, shared_clip, capsys
 ):
