@@ -1,4 +1,5 @@
 """pdnsr: prompt-guided dynamic super-resolution as a BasicSR plugin."""
+
 from setuptools import find_packages, setup
 
 setup(

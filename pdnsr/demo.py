@@ -52,7 +52,7 @@ SCALE = 2
 # The default was timed on a 2-core CPU shared with other jobs (docs/demo.md); 'quick' is for the test suite.
 RECIPES = {
     'default': dict(
-        num_feat=32, num_block=8, gt_size=48, batch_size=8, iters=200, lr=1e-3, ema_decay=0.99, train_crop=320
+        num_feat=32, num_block=8, gt_size=48, batch_size=8, iters=200, lr=1e-3, ema_decay=0.9, train_crop=320
     ),
     'quick': dict(num_feat=16, num_block=2, gt_size=32, batch_size=4, iters=20, lr=1e-3, ema_decay=0.9, train_crop=128),
 }
