@@ -25,6 +25,7 @@ from common import (
 
 # isort: split
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pdnsr.archs.dcm_arch import DynamicCorrelationModule
@@ -32,11 +33,12 @@ from pdnsr.archs.dcm_arch import DynamicCorrelationModule
 TARGET = 1.5
 
 
-def folded_split_bias(dcm, x, prompt):
+def folded_split_bias(dcm, x, prompt, bias_by_unfold=False):
     """The fast path with the bias term ``conv(M, W b_P)`` as a separate 1-channel grouped conv.
 
     Same function as ``dcm.forward`` (checked in ``main``), built from the module's own pieces; the module itself
-    concatenates ``[M x, M]`` into c + 1 channels and runs one grouped conv.
+    concatenates ``[M x, M]`` into c + 1 channels and runs one grouped conv. ``bias_by_unfold`` computes the
+    1-channel term as ``unfold(M)`` (B, k², hw) times the per-sample (c, k²) kernel in one ``bmm`` instead.
     """
     b, c, h, w = x.shape
     pad = dcm.kernel_size // 2
@@ -45,7 +47,12 @@ def folded_split_bias(dcm, x, prompt):
     pi = dcm.kernel_weights(prompt)
     w_x = torch.einsum('bn,nocij->bocij', pi, torch.einsum('nodij,dc->nocij', dcm.weight, proj_w))
     w_b = torch.einsum('bn,noij->boij', pi, torch.einsum('nodij,d->noij', dcm.weight, dcm.proj.bias))
-    out = dcm._per_sample_conv(mask * x, w_x, pad) + dcm._per_sample_conv(mask, w_b.unsqueeze(2), pad)
+    if bias_by_unfold:
+        cols = F.unfold(mask, dcm.kernel_size, padding=pad)  # (B, k*k, h*w)
+        bias_term = torch.bmm(w_b.reshape(b, c, -1), cols).reshape(b, c, h, w)
+    else:
+        bias_term = dcm._per_sample_conv(mask, w_b.unsqueeze(2), pad)
+    out = dcm._per_sample_conv(mask * x, w_x, pad) + bias_term
     return out + (pi @ dcm.bias)[:, :, None, None]
 
 
@@ -120,7 +127,8 @@ def main():
     with torch.no_grad():  # the alternative must be the same function
         x64, p64, dcm64 = x.double(), prompt.double(), DynamicCorrelationModule(c, d, kernel_size=k).double()
         dcm64.load_state_dict({n: t.double() for n, t in dcm.state_dict().items()})
-        diff = (folded_split_bias(dcm64.to(device), x64, p64) - dcm64(x64, p64)).abs().max().item()
+        dcm64 = dcm64.to(device)
+        diff = max((folded_split_bias(dcm64, x64, p64, u) - dcm64(x64, p64)).abs().max().item() for u in (False, True))
     if diff > 1e-10:
         raise SystemExit(f'split-bias variant differs from DCM.forward by {diff:g} in float64')
 
@@ -129,6 +137,8 @@ def main():
         'plain Conv2d(c, c, 3, 1, 1)': fwd_bwd_closure(lambda: conv(x), list(conv.parameters()), x),
         'DCM fast path (forward)': fwd_bwd_closure(lambda: dcm(x, prompt), dparams, x),
         'DCM alt: c-ch conv + 1-ch bias conv': fwd_bwd_closure(lambda: folded_split_bias(dcm, x, prompt), dparams, x),
+        'DCM alt: c-ch conv + bias by unfold·bmm': fwd_bwd_closure(
+            lambda: folded_split_bias(dcm, x, prompt, bias_by_unfold=True), dparams, x),
         'DCM literal (forward_literal)': fwd_bwd_closure(lambda: dcm.forward_literal(x, prompt), dparams, x),
     }
     results = time_interleaved(candidates, device, reps=reps, warmup=1)
