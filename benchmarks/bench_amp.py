@@ -8,6 +8,7 @@ Small configurations (the issue's "small configs"): 16 features, a few blocks, p
 
     .venv/bin/python benchmarks/bench_amp.py [--device cpu|cuda] [--quick]
 """
+
 from common import make_parser, print_header, print_table, setup
 
 # isort: split
@@ -54,16 +55,21 @@ def main():
         ('EDSR (4 blocks)', lambda: EDSR(num_block=4, **small), 'image'),
         ('EDSRPlus (4 blocks)', lambda: EDSRPlus(num_block=4, prompt_dim=d, **small), 'image+'),
         ('RCAN (2x4 blocks)', lambda: RCAN(num_group=2, num_block=4, squeeze_factor=4, **small), 'image'),
-        ('RCANPlus (2x4 blocks)', lambda: RCANPlus(num_group=2, num_block=4, squeeze_factor=4, prompt_dim=d,
-                                                    num_dcm_per_group=2, **small), 'image+'),
+        (
+            'RCANPlus (2x4 blocks)',
+            lambda: RCANPlus(num_group=2, num_block=4, squeeze_factor=4, prompt_dim=d, num_dcm_per_group=2, **small),
+            'image+',
+        ),
         ('RDN (D3 C3 G16)', lambda: RDN(num_block=3, num_layer=3, growth=16, **small), 'image'),
-        ('RDNPlus (D3 C3 G16)', lambda: RDNPlus(num_block=3, num_layer=3, growth=16, prompt_dim=d, **small),
-         'image+'),
+        ('RDNPlus (D3 C3 G16)', lambda: RDNPlus(num_block=3, num_layer=3, growth=16, prompt_dim=d, **small), 'image+'),
     ]
     dtypes = [torch.bfloat16] if device.type == 'cpu' else [torch.float16, torch.bfloat16]
 
-    print_header(device, f'autocast vs float32 (batch {b}, {s}x{s}, prompt_dim {d}); target: finite and output '
-                 f'relative error ≤ {TARGET:g} for the DCM and the "+" networks')
+    print_header(
+        device,
+        f'autocast vs float32 (batch {b}, {s}x{s}, prompt_dim {d}); target: finite and output '
+        f'relative error ≤ {TARGET:g} for the DCM and the "+" networks',
+    )
     if device.type == 'cuda':
         print(f'GPU: {torch.cuda.get_device_name()}\n')
     rows = []
@@ -91,12 +97,33 @@ def main():
             err = rel(out, ref[0])
             judged = kind != 'image'
             ok = finite and gfinite and err <= TARGET
-            rows.append([name, str(dtype).replace('torch.', ''), 'yes' if finite else 'NO', f'{err:.2e}',
-                         'yes' if gfinite else 'NO', f'{rel(gx, ref[1]):.2e}', f'{rel(gp, ref[2]):.2e}',
-                         ('met' if ok else 'MISSED') if judged and not args.quick else
-                         ('baseline (context)' if not judged else 'n/a (--quick)')])
-    print_table(['module', 'autocast dtype', 'output finite', 'output rel. err', 'grads finite',
-                 'input-grad rel. err', 'param-grad rel. err', 'target'], rows)
+            rows.append(
+                [
+                    name,
+                    str(dtype).replace('torch.', ''),
+                    'yes' if finite else 'NO',
+                    f'{err:.2e}',
+                    'yes' if gfinite else 'NO',
+                    f'{rel(gx, ref[1]):.2e}',
+                    f'{rel(gp, ref[2]):.2e}',
+                    ('met' if ok else 'MISSED')
+                    if judged and not args.quick
+                    else ('baseline (context)' if not judged else 'n/a (--quick)'),
+                ]
+            )
+    print_table(
+        [
+            'module',
+            'autocast dtype',
+            'output finite',
+            'output rel. err',
+            'grads finite',
+            'input-grad rel. err',
+            'param-grad rel. err',
+            'target',
+        ],
+        rows,
+    )
 
 
 class _Literal(torch.nn.Module):

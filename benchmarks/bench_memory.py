@@ -13,6 +13,7 @@ the full model); ``--groups 10`` gives the full model (about 11 GB at batch 16 o
 
     .venv/bin/python benchmarks/bench_memory.py [--device cpu|cuda] [--quick] [--groups 10]
 """
+
 import json
 import os
 import resource
@@ -41,8 +42,15 @@ def child(args):
     device = setup(args)
     torch.manual_seed(0)
     start = rss_bytes()
-    kw = dict(num_in_ch=3, num_out_ch=3, num_feat=args.feat, num_group=args.groups, num_block=args.blocks,
-              squeeze_factor=args.squeeze, upscale=args.scale)
+    kw = dict(
+        num_in_ch=3,
+        num_out_ch=3,
+        num_feat=args.feat,
+        num_group=args.groups,
+        num_block=args.blocks,
+        squeeze_factor=args.squeeze,
+        upscale=args.scale,
+    )
     plus = args.child == 'RCANPlus'
     net = (RCANPlus(prompt_dim=args.prompt_dim, **kw) if plus else RCAN(**kw)).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -56,8 +64,13 @@ def child(args):
     out = net(lq, prompt) if plus else net(lq)
     F.l1_loss(out, gt).backward()
     opt.step()
-    result = dict(params=sum(p.numel() for p in net.parameters()), start=start, built=built, after=rss_bytes(),
-                  peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    result = dict(
+        params=sum(p.numel() for p in net.parameters()),
+        start=start,
+        built=built,
+        after=rss_bytes(),
+        peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    )
     if device.type == 'cuda':
         torch.cuda.synchronize()
         result['cuda_peak'] = torch.cuda.max_memory_allocated()
@@ -86,18 +99,43 @@ def main():
 
     results = {}
     for name in ('RCAN', 'RCANPlus'):
-        cmd = [sys.executable, os.path.abspath(__file__), '--child', name, '--device', args.device,
-               '--threads', str(args.threads), '--batch', str(args.batch), '--size', str(args.size),
-               '--scale', str(args.scale), '--feat', str(args.feat), '--groups', str(args.groups),
-               '--blocks', str(args.blocks), '--squeeze', str(args.squeeze), '--prompt-dim', str(args.prompt_dim)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            '--child',
+            name,
+            '--device',
+            args.device,
+            '--threads',
+            str(args.threads),
+            '--batch',
+            str(args.batch),
+            '--size',
+            str(args.size),
+            '--scale',
+            str(args.scale),
+            '--feat',
+            str(args.feat),
+            '--groups',
+            str(args.groups),
+            '--blocks',
+            str(args.blocks),
+            '--squeeze',
+            str(args.squeeze),
+            '--prompt-dim',
+            str(args.prompt_dim),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f'{name} child failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}')
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')][-1]
-        results[name] = json.loads(line[len('RESULT '):])
+        results[name] = json.loads(line[len('RESULT ') :])
 
-    print_header(device, f'peak memory of one training step, RCAN+ ÷ RCAN ({args.groups} groups x {args.blocks} '
-                 f'blocks, {args.feat} feat, batch {args.batch}, {args.size}x{args.size} LR, x{args.scale})')
+    print_header(
+        device,
+        f'peak memory of one training step, RCAN+ ÷ RCAN ({args.groups} groups x {args.blocks} '
+        f'blocks, {args.feat} feat, batch {args.batch}, {args.size}x{args.size} LR, x{args.scale})',
+    )
     mib = 2**20
     if device.type == 'cuda':
         print(f'GPU: {results["RCAN"]["device_name"]}\n')
@@ -108,9 +146,16 @@ def main():
         peak = {n: r['peak_rss'] - r['start'] for n, r in results.items()}
     rows = []
     for name, r in results.items():
-        rows.append([name, f'{r["params"] / 1e6:.2f} M', f'{(r["built"] - r["start"]) / mib:.0f}',
-                     f'{peak[name] / mib:.0f}', f'{peak[name] / peak["RCAN"]:.3f}',
-                     verdict(peak[name] / peak['RCAN'], TARGET, quick=args.quick) if name == 'RCANPlus' else ''])
+        rows.append(
+            [
+                name,
+                f'{r["params"] / 1e6:.2f} M',
+                f'{(r["built"] - r["start"]) / mib:.0f}',
+                f'{peak[name] / mib:.0f}',
+                f'{peak[name] / peak["RCAN"]:.3f}',
+                verdict(peak[name] / peak['RCAN'], TARGET, quick=args.quick) if name == 'RCANPlus' else '',
+            ]
+        )
     print(f'peak measured as: {what} ({key})\n')
     print_table(['network', 'params', 'RSS of model + inputs (MiB)', 'peak (MiB)', '÷ RCAN', 'target'], rows)
 

@@ -5,6 +5,7 @@ RCAN: the full 10 groups x 20 blocks and a 2-group (x 20 blocks) one; RDN: D = 1
 
     .venv/bin/python benchmarks/bench_networks.py [--device cpu|cuda] [--quick] [--only rcan,rdn,edsr]
 """
+
 from common import (
     fwd_bwd,
     make_parser,
@@ -33,19 +34,49 @@ def configs(quick, scale):
     if quick:
         return [
             ('edsr', 'EDSR+ / EDSR (2 blocks, 8 feat)', EDSR, EDSRPlus, dict(num_feat=8, num_block=2), 1.8),
-            ('rcan', 'RCAN+ / RCAN (1 group x 3 blocks, 8 feat)', RCAN, RCANPlus,
-             dict(num_feat=8, num_group=1, num_block=3, squeeze_factor=4), 1.08),
-            ('rdn', 'RDN+ / RDN (D2 C2 G8, 8 feat)', RDN, RDNPlus,
-             dict(num_feat=8, num_block=2, num_layer=2, growth=8), 1.15),
+            (
+                'rcan',
+                'RCAN+ / RCAN (1 group x 3 blocks, 8 feat)',
+                RCAN,
+                RCANPlus,
+                dict(num_feat=8, num_group=1, num_block=3, squeeze_factor=4),
+                1.08,
+            ),
+            (
+                'rdn',
+                'RDN+ / RDN (D2 C2 G8, 8 feat)',
+                RDN,
+                RDNPlus,
+                dict(num_feat=8, num_block=2, num_layer=2, growth=8),
+                1.15,
+            ),
         ]
     return [
         ('edsr', 'EDSR+ / EDSR (16 blocks, 64 feat)', EDSR, EDSRPlus, dict(num_feat=64, num_block=16), 1.8),
-        ('rcan', 'RCAN+ / RCAN (2 groups x 20 blocks, 64 feat)', RCAN, RCANPlus,
-         dict(num_feat=64, num_group=2, num_block=20, squeeze_factor=16), 1.08),
-        ('rcan', 'RCAN+ / RCAN (10 groups x 20 blocks, 64 feat)', RCAN, RCANPlus,
-         dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16), 1.08),
-        ('rdn', 'RDN+ / RDN (D16 C8 G64, 64 feat)', RDN, RDNPlus,
-         dict(num_feat=64, num_block=16, num_layer=8, growth=64), 1.15),
+        (
+            'rcan',
+            'RCAN+ / RCAN (2 groups x 20 blocks, 64 feat)',
+            RCAN,
+            RCANPlus,
+            dict(num_feat=64, num_group=2, num_block=20, squeeze_factor=16),
+            1.08,
+        ),
+        (
+            'rcan',
+            'RCAN+ / RCAN (10 groups x 20 blocks, 64 feat)',
+            RCAN,
+            RCANPlus,
+            dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16),
+            1.08,
+        ),
+        (
+            'rdn',
+            'RDN+ / RDN (D16 C8 G64, 64 feat)',
+            RDN,
+            RDNPlus,
+            dict(num_feat=64, num_block=16, num_layer=8, growth=64),
+            1.15,
+        ),
     ]
 
 
@@ -63,8 +94,11 @@ def main():
     device = setup(args)
     only = set(filter(None, args.only.split(',')))
 
-    print_header(device, f'"+" network ÷ baseline, forward + backward (batch {args.batch}, {args.size}x{args.size} '
-                 f'LR, x{args.scale}, prompt_dim {args.prompt_dim}, {reps} interleaved rounds)')
+    print_header(
+        device,
+        f'"+" network ÷ baseline, forward + backward (batch {args.batch}, {args.size}x{args.size} '
+        f'LR, x{args.scale}, prompt_dim {args.prompt_dim}, {reps} interleaved rounds)',
+    )
     rows = []
     for key, label, base_cls, plus_cls, kwargs, target in configs(args.quick, args.scale):
         if only and key not in only:
@@ -78,13 +112,36 @@ def main():
         res = time_interleaved({'base': fwd_bwd(base, (x,)), 'plus': fwd_bwd(plus, (x, prompt))}, device, reps=reps)
         (tb, sb), (tp, sp) = res['base'], res['plus']
         ratio = paired_ratio(sp, sb)
-        rows.append([label, f'{tb * 1e3:.0f}', f'{tp * 1e3:.0f}', spread(sb), spread(sp), f'{tp / tb:.3f}',
-                     f'{ratio:.3f}', f'{min_ratio(sp, sb):.3f}', verdict(ratio, target, quick=args.quick)])
+        rows.append(
+            [
+                label,
+                f'{tb * 1e3:.0f}',
+                f'{tp * 1e3:.0f}',
+                spread(sb),
+                spread(sp),
+                f'{tp / tb:.3f}',
+                f'{ratio:.3f}',
+                f'{min_ratio(sp, sb):.3f}',
+                verdict(ratio, target, quick=args.quick),
+            ]
+        )
         print(f'  measured {label}', flush=True)
         del base, plus
     print()
-    print_table(['pair', 'baseline ms', '"+" ms', 'baseline min–max', '"+" min–max', 'median ÷ median',
-                 'median of per-round ratios', 'min ÷ min', 'target (on per-round ratio)'], rows)
+    print_table(
+        [
+            'pair',
+            'baseline ms',
+            '"+" ms',
+            'baseline min–max',
+            '"+" min–max',
+            'median ÷ median',
+            'median of per-round ratios',
+            'min ÷ min',
+            'target (on per-round ratio)',
+        ],
+        rows,
+    )
 
 
 if __name__ == '__main__':

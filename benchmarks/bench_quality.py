@@ -20,6 +20,7 @@ Pipeline (the real stack):
 
     .venv/bin/python benchmarks/bench_quality.py [--iters 150] [--seeds 0 1 2] [--clip-pretrained none|TAG|FILE]
 """
+
 import glob
 import os
 import statistics
@@ -64,7 +65,7 @@ def prepare_pairs(sources, out_dir, scale, sigma, crop=None, limit=None):
             img = cv2.imread(path, cv2.IMREAD_COLOR)
             if crop is not None:
                 img = img[:crop, :crop]
-            img = img[:img.shape[0] - img.shape[0] % scale, :img.shape[1] - img.shape[1] % scale]
+            img = img[: img.shape[0] - img.shape[0] % scale, : img.shape[1] - img.shape[1] % scale]
             cv2.imwrite(lr_path, blur_downsample(img, scale, sigma=sigma or None))
             cv2.imwrite(hr_path, img)
     return hr_dir, lr_dir
@@ -84,9 +85,9 @@ def cut_subimages(hr_dir, lr_dir, out_dir, scale, crop, step):
         for top in range(0, hr.shape[0] - crop + 1, step):
             for left in range(0, hr.shape[1] - crop + 1, step):
                 index += 1
-                cv2.imwrite(os.path.join(sub_hr, f'{key}_s{index:03d}.png'), hr[top:top + crop, left:left + crop])
+                cv2.imwrite(os.path.join(sub_hr, f'{key}_s{index:03d}.png'), hr[top : top + crop, left : left + crop])
                 lt, ll, lc = top // scale, left // scale, crop // scale
-                cv2.imwrite(os.path.join(sub_lr, f'{key}_s{index:03d}.png'), lr[lt:lt + lc, ll:ll + lc])
+                cv2.imwrite(os.path.join(sub_lr, f'{key}_s{index:03d}.png'), lr[lt : lt + lc, ll : ll + lc])
     return sub_hr, sub_lr
 
 
@@ -100,24 +101,44 @@ def build_store(encoder, images_dir, out):
 
 def train_options(args, name, net_type, seed, data):
     plus = net_type.endswith('Plus')
-    dataset = dict(name='train', type='PromptPairedImageDataset' if plus else 'PairedImageDataset',
-                   dataroot_gt=data['hr'], dataroot_lq=data['lr'], io_backend=dict(type='disk'),
-                   gt_size=args.gt_size, use_hflip=True, use_rot=True, num_worker_per_gpu=0,
-                   batch_size_per_gpu=args.batch, dataset_enlarge_ratio=1, prefetch_mode=None)
+    dataset = dict(
+        name='train',
+        type='PromptPairedImageDataset' if plus else 'PairedImageDataset',
+        dataroot_gt=data['hr'],
+        dataroot_lq=data['lr'],
+        io_backend=dict(type='disk'),
+        gt_size=args.gt_size,
+        use_hflip=True,
+        use_rot=True,
+        num_worker_per_gpu=0,
+        batch_size_per_gpu=args.batch,
+        dataset_enlarge_ratio=1,
+        prefetch_mode=None,
+    )
     if plus:
         dataset['dataroot_prompt'] = data['prompts']
-    net = dict(type=net_type, num_in_ch=3, num_out_ch=3, upscale=args.scale, num_feat=args.num_feat,
-               num_block=args.num_block)
+    net = dict(
+        type=net_type, num_in_ch=3, num_out_ch=3, upscale=args.scale, num_feat=args.num_feat, num_block=args.num_block
+    )
     if plus:
         net['prompt_dim'] = data['prompt_dim']
     opt = dict(
-        name=name, model_type='PDNModel', scale=args.scale, num_gpu=0, manual_seed=seed,
-        datasets=dict(train=dataset), network_g=net,
+        name=name,
+        model_type='PDNModel',
+        scale=args.scale,
+        num_gpu=0,
+        manual_seed=seed,
+        datasets=dict(train=dataset),
+        network_g=net,
         path=dict(pretrain_network_g=None, strict_load_g=True, resume_state=None),
-        train=dict(ema_decay=0, optim_g=dict(type='Adam', lr=args.lr, betas=[0.9, 0.99]),
-                   scheduler=dict(type='CosineAnnealingRestartLR', periods=[args.iters], restart_weights=[1],
-                                  eta_min=1e-6),
-                   total_iter=args.iters, warmup_iter=-1, pixel_opt=dict(type='L1Loss', loss_weight=1.0)),
+        train=dict(
+            ema_decay=0,
+            optim_g=dict(type='Adam', lr=args.lr, betas=[0.9, 0.99]),
+            scheduler=dict(type='CosineAnnealingRestartLR', periods=[args.iters], restart_weights=[1], eta_min=1e-6),
+            total_iter=args.iters,
+            warmup_iter=-1,
+            pixel_opt=dict(type='L1Loss', loss_weight=1.0),
+        ),
         logger=dict(print_freq=max(1, args.iters // 4), save_checkpoint_freq=args.iters, use_tb_logger=False),
     )
     if plus:
@@ -132,8 +153,13 @@ def train(args, opt, workdir):
     env = dict(os.environ, PDNSR_ROOT=workdir, OMP_NUM_THREADS=str(args.threads))
     log_path = os.path.join(workdir, f'{opt["name"]}.log')
     with open(log_path, 'w') as log:
-        proc = subprocess.run([sys.executable, str(REPO_ROOT / 'pdnsr' / 'train.py'), '-opt', path], cwd=workdir,
-                              env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [sys.executable, str(REPO_ROOT / 'pdnsr' / 'train.py'), '-opt', path],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
@@ -179,9 +205,14 @@ def mean_std(values, digits):
 
 def main():
     parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument('--iters', type=int, default=150, help='training iterations per run (default 150: about '
-                        '1-2 s per iteration on 2 CPU cores, so the 6 trainings plus data preparation fit in about '
-                        '15 minutes on an idle machine; more iterations give more meaningful numbers)')
+    parser.add_argument(
+        '--iters',
+        type=int,
+        default=150,
+        help='training iterations per run (default 150: about '
+        '1-2 s per iteration on 2 CPU cores, so the 6 trainings plus data preparation fit in about '
+        '15 minutes on an idle machine; more iterations give more meaningful numbers)',
+    )
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--scale', type=int, default=2)
     parser.add_argument('--num-block', type=int, default=8)
@@ -189,15 +220,24 @@ def main():
     parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--gt-size', type=int, default=64)
     parser.add_argument('--lr', type=float, default=5e-4)
-    parser.add_argument('--sigma', type=float, default=0.0, help='Gaussian blur before bicubic (0 = plain bicubic; '
-                        'the paper uses 1.3)')
+    parser.add_argument(
+        '--sigma', type=float, default=0.0, help='Gaussian blur before bicubic (0 = plain bicubic; the paper uses 1.3)'
+    )
     parser.add_argument('--crop', type=int, default=128, help='HR sub-image size for training')
-    parser.add_argument('--clip-pretrained', default='none', help="open_clip weights: 'none' = RANDOM weights "
-                        "(meaningless prompts), an open_clip tag such as 'openai', or a local checkpoint file")
+    parser.add_argument(
+        '--clip-pretrained',
+        default='none',
+        help="open_clip weights: 'none' = RANDOM weights "
+        "(meaningless prompts), an open_clip tag such as 'openai', or a local checkpoint file",
+    )
     parser.add_argument('--train-data', default=str(SHARED / 'train'))
     parser.add_argument('--bench-data', default=str(SHARED / 'benchmarks'))
-    parser.add_argument('--workdir', default=None, help='where data, prompts and experiments go (default: a new '
-                        'folder under /tmp); prepared data is reused when the folder exists')
+    parser.add_argument(
+        '--workdir',
+        default=None,
+        help='where data, prompts and experiments go (default: a new '
+        'folder under /tmp); prepared data is reused when the folder exists',
+    )
     args = parser.parse_args()
     if args.quick:
         args.iters, args.seeds, args.num_block, args.num_feat, args.batch, args.gt_size = 2, [0], 1, 8, 2, 32
@@ -205,16 +245,23 @@ def main():
     if device.type != 'cpu':
         raise SystemExit('bench_quality.py trains on the CPU through pdnsr/train.py (num_gpu: 0); use --device cpu')
 
-    print_header(device, f'EDSR vs EDSR+ trained with one recipe (x{args.scale}, {args.num_block} blocks, '
-                 f'{args.num_feat} feat, {args.iters} iterations, batch {args.batch}, seeds {args.seeds})')
-    print('NOTE: this is NOT the paper\'s experiment: tiny networks, a short CPU training on BSD68 + SunHays80; a '
-          'sanity check of the training stack that reports whatever difference comes out.\n')
+    print_header(
+        device,
+        f'EDSR vs EDSR+ trained with one recipe (x{args.scale}, {args.num_block} blocks, '
+        f'{args.num_feat} feat, {args.iters} iterations, batch {args.batch}, seeds {args.seeds})',
+    )
+    print(
+        "NOTE: this is NOT the paper's experiment: tiny networks, a short CPU training on BSD68 + SunHays80; a "
+        'sanity check of the training stack that reports whatever difference comes out.\n'
+    )
     train_sets = {name: os.path.join(args.train_data, name) for name in ('BSD68', 'SunHays80')}
     bench_sets = {name: os.path.join(args.bench_data, name) for name in ('Set5', 'Set14')}
     missing = [p for p in (*train_sets.values(), *bench_sets.values()) if not os.path.isdir(p)]
     if missing:
-        print(f'SKIPPED: data not found: {missing}. The quality benchmark needs ../shared/data/train/{{BSD68,'
-              f'SunHays80}} and ../shared/data/benchmarks/{{Set5,Set14}} (or --train-data / --bench-data).')
+        print(
+            f'SKIPPED: data not found: {missing}. The quality benchmark needs ../shared/data/train/{{BSD68,'
+            f'SunHays80}} and ../shared/data/benchmarks/{{Set5,Set14}} (or --train-data / --bench-data).'
+        )
         return
 
     from pdnsr.data.prompt_store import PromptStore
@@ -222,22 +269,33 @@ def main():
 
     random_clip = args.clip_pretrained.lower() in ('none', '')
     if random_clip:
-        print('WARNING: --clip-pretrained none: prompts come from a CLIP with RANDOM weights. They carry NO '
-              'meaning; any difference between EDSR and EDSR+ below comes from the extra capacity of the DCMs, '
-              'not from prompt guidance. Pass --clip-pretrained openai (or a local checkpoint) for real prompts.\n')
+        print(
+            'WARNING: --clip-pretrained none: prompts come from a CLIP with RANDOM weights. They carry NO '
+            'meaning; any difference between EDSR and EDSR+ below comes from the extra capacity of the DCMs, '
+            'not from prompt guidance. Pass --clip-pretrained openai (or a local checkpoint) for real prompts.\n'
+        )
     workdir = args.workdir or os.path.join('/tmp', f'pdnsr_quality_{os.getpid()}')
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     tag = f'x{args.scale}_s{args.sigma:g}' + ('_quick' if args.quick else '')
     limit, crop = (2, 96) if args.quick else (None, None)
     hr, lr = prepare_pairs(train_sets, os.path.join(workdir, f'train_{tag}'), args.scale, args.sigma, crop, limit)
-    sub_hr, sub_lr = cut_subimages(hr, lr, os.path.join(workdir, f'train_{tag}'), args.scale,
-                                   min(args.crop, 96) if args.quick else args.crop,
-                                   96 if args.quick else args.crop)
+    sub_hr, sub_lr = cut_subimages(
+        hr,
+        lr,
+        os.path.join(workdir, f'train_{tag}'),
+        args.scale,
+        min(args.crop, 96) if args.quick else args.crop,
+        96 if args.quick else args.crop,
+    )
     encoder = PromptEncoder('ViT-B-32', pretrained=None if random_clip else args.clip_pretrained)
     clip_tag = 'random' if random_clip else os.path.basename(args.clip_pretrained)
-    data = dict(hr=sub_hr, lr=sub_lr, prompt_dim=encoder.embed_dim,
-                prompts=build_store(encoder, lr, os.path.join(workdir, f'train_{tag}', f'prompts_{clip_tag}.lmdb')))
+    data = dict(
+        hr=sub_hr,
+        lr=sub_lr,
+        prompt_dim=encoder.embed_dim,
+        prompts=build_store(encoder, lr, os.path.join(workdir, f'train_{tag}', f'prompts_{clip_tag}.lmdb')),
+    )
     bench = {}
     for name, folder in bench_sets.items():
         bdir = os.path.join(workdir, f'{name}_{tag}')
@@ -245,8 +303,11 @@ def main():
         store = build_store(encoder, blr, os.path.join(bdir, f'prompts_{clip_tag}.lmdb'))
         bench[name] = dict(hr=bhr, lr=blr, store=PromptStore(store))
     n_sub = len(os.listdir(sub_hr))
-    print(f'data: {len(os.listdir(hr))} training images -> {n_sub} HR sub-images; prompts: image (flipped LR view), '
-          f'CLIP ViT-B-32 {clip_tag} weights; prepared in {time.time() - t0:.0f} s; workdir {workdir}\n', flush=True)
+    print(
+        f'data: {len(os.listdir(hr))} training images -> {n_sub} HR sub-images; prompts: image (flipped LR view), '
+        f'CLIP ViT-B-32 {clip_tag} weights; prepared in {time.time() - t0:.0f} s; workdir {workdir}\n',
+        flush=True,
+    )
 
     scores = {}  # (net, seed) -> {set: (psnr, ssim)}
     for seed in args.seeds:
@@ -255,8 +316,11 @@ def main():
             opt = train_options(args, f'quality_{net_type}_{tag}_it{args.iters}_seed{seed}', net_type, seed, data)
             weights = train(args, opt, workdir)
             scores[net_type, seed] = evaluate(args, opt['network_g'], weights, bench)
-            print(f'  trained and evaluated {net_type} seed {seed} in {time.time() - t1:.0f} s: ' +
-                  ', '.join(f'{s} {p:.2f} dB / {q:.4f}' for s, (p, q) in scores[net_type, seed].items()), flush=True)
+            print(
+                f'  trained and evaluated {net_type} seed {seed} in {time.time() - t1:.0f} s: '
+                + ', '.join(f'{s} {p:.2f} dB / {q:.4f}' for s, (p, q) in scores[net_type, seed].items()),
+                flush=True,
+            )
     print()
 
     rows = []
@@ -266,14 +330,25 @@ def main():
             plus = [scores['EDSRPlus', s][set_name][m] for s in args.seeds]
             diff = [p - b for p, b in zip(plus, base)]
             wins = sum(d > 0 for d in diff)
-            rows.append([set_name, label, mean_std(base, digits), mean_std(plus, digits), mean_std(diff, digits),
-                         f'{wins}/{len(diff)}'])
-    print(f'Y channel, crop_border {args.scale}, final weights (no EMA); mean ± std over seeds {args.seeds}; '
-          f'prompts from '
-          f'{"a RANDOM-weight CLIP (meaningless)" if random_clip else "CLIP " + clip_tag}\n')
-    print_table(['set', 'metric', 'EDSR', 'EDSR+', 'EDSR+ − EDSR (paired by seed)', 'seeds where EDSR+ is better'],
-                rows)
-    print(f'total time {time.time() - t0:.0f} s. Not the paper\'s experiment (see the note above).')
+            rows.append(
+                [
+                    set_name,
+                    label,
+                    mean_std(base, digits),
+                    mean_std(plus, digits),
+                    mean_std(diff, digits),
+                    f'{wins}/{len(diff)}',
+                ]
+            )
+    print(
+        f'Y channel, crop_border {args.scale}, final weights (no EMA); mean ± std over seeds {args.seeds}; '
+        f'prompts from '
+        f'{"a RANDOM-weight CLIP (meaningless)" if random_clip else "CLIP " + clip_tag}\n'
+    )
+    print_table(
+        ['set', 'metric', 'EDSR', 'EDSR+', 'EDSR+ − EDSR (paired by seed)', 'seeds where EDSR+ is better'], rows
+    )
+    print(f"total time {time.time() - t0:.0f} s. Not the paper's experiment (see the note above).")
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ load from another process slows A and B alike instead of only whichever ran duri
 medians are far steadier than ratios of separately taken timings. On CUDA every sample is timed with CUDA events
 around the call, after ``torch.cuda.synchronize()``.
 """
+
 import argparse
 import os
 import platform
@@ -28,8 +29,9 @@ def make_parser(description):
     """ArgumentParser with the options every benchmark takes: --device, --quick, --threads, --reps."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
-    parser.add_argument('--quick', action='store_true', help='tiny sizes and one repetition: a smoke run, not a '
-                        'measurement')
+    parser.add_argument(
+        '--quick', action='store_true', help='tiny sizes and one repetition: a smoke run, not a measurement'
+    )
     parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads on CPU (default 2)')
     parser.add_argument('--reps', type=int, default=None, help='timed repetitions per candidate (median reported)')
     return parser

@@ -15,6 +15,7 @@ term is the folding, ``n c (c + 1) d k^2`` (about 76 M MACs for c = 64, d = 512,
 
     .venv/bin/python benchmarks/count_params.py [--quick]
 """
+
 from common import make_parser, print_header, print_table, setup
 
 # isort: split
@@ -65,14 +66,22 @@ def main():
     d = 16 if args.quick else 512
     sizes = (8, 12) if args.quick else (16, 24)
     if args.quick:
-        nets = [('EDSR (tiny)', EDSR, EDSRPlus, dict(num_feat=8, num_block=2)),
-                ('RCAN (tiny)', RCAN, RCANPlus, dict(num_feat=8, num_group=1, num_block=3, squeeze_factor=4)),
-                ('RDN (tiny)', RDN, RDNPlus, dict(num_feat=8, num_block=2, num_layer=2, growth=8))]
+        nets = [
+            ('EDSR (tiny)', EDSR, EDSRPlus, dict(num_feat=8, num_block=2)),
+            ('RCAN (tiny)', RCAN, RCANPlus, dict(num_feat=8, num_group=1, num_block=3, squeeze_factor=4)),
+            ('RDN (tiny)', RDN, RDNPlus, dict(num_feat=8, num_block=2, num_layer=2, growth=8)),
+        ]
     else:
-        nets = [('EDSR (16 blocks, 64 feat)', EDSR, EDSRPlus, dict(num_feat=64, num_block=16)),
-                ('RCAN (10 groups x 20 blocks, 64 feat)', RCAN, RCANPlus,
-                 dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16)),
-                ('RDN (D16 C8 G64)', RDN, RDNPlus, dict(num_feat=64, num_block=16, num_layer=8, growth=64))]
+        nets = [
+            ('EDSR (16 blocks, 64 feat)', EDSR, EDSRPlus, dict(num_feat=64, num_block=16)),
+            (
+                'RCAN (10 groups x 20 blocks, 64 feat)',
+                RCAN,
+                RCANPlus,
+                dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16),
+            ),
+            ('RDN (D16 C8 G64)', RDN, RDNPlus, dict(num_feat=64, num_block=16, num_layer=8, growth=64)),
+        ]
 
     print_header(device, f'parameters and MACs per LR pixel (x4, prompt_dim {d}, default DCM options)')
     rows = []
@@ -81,20 +90,25 @@ def main():
         base, plus = base_cls(**kw).to(device), plus_cls(prompt_dim=d, **kw).to(device)
         n_dcm = sum(isinstance(m, DynamicCorrelationModule) for m in plus.modules())
         bp, bi = macs_split(lambda s: (torch.rand(1, 3, s, s, device=device),), base, sizes)
-        pp, pi = macs_split(lambda s: (torch.rand(1, 3, s, s, device=device), torch.randn(1, d, device=device)),
-                            plus, sizes)
+        pp, pi = macs_split(
+            lambda s: (torch.rand(1, 3, s, s, device=device), torch.randn(1, d, device=device)), plus, sizes
+        )
         pb, pplus = count_params(base), count_params(plus)
         name_plus = plus_cls.__name__
         rows.append([label, fmt(pb), '', fmt(bp), '', fmt(bi), ''])
-        rows.append([f'{name_plus} ({n_dcm} DCMs)', fmt(pplus), f'{pplus / pb:.2f}×', fmt(pp), f'{pp / bp:.2f}×',
-                     fmt(pi), ''])
-    print_table(['network', 'params', '÷ baseline', 'MACs / LR pixel', '÷ baseline', 'MACs / image (fixed)'],
-                [r[:-1] for r in rows])
+        rows.append(
+            [f'{name_plus} ({n_dcm} DCMs)', fmt(pplus), f'{pplus / pb:.2f}×', fmt(pp), f'{pp / bp:.2f}×', fmt(pi), '']
+        )
+    print_table(
+        ['network', 'params', '÷ baseline', 'MACs / LR pixel', '÷ baseline', 'MACs / image (fixed)'],
+        [r[:-1] for r in rows],
+    )
 
     c = 8 if args.quick else 64
     drows = []
     for k in (1, 3):
         dcm = DynamicCorrelationModule(c, d, kernel_size=k).to(device)
+
         def x_fn(s):
             return torch.randn(1, c, s, s, device=device), torch.randn(1, d, device=device)
 
@@ -102,12 +116,36 @@ def main():
         lit_pix, _ = macs_split(x_fn, lambda x, p, m=dcm: m.forward_literal(x, p), sizes)
         a_pix, a_img = dcm_analytic(c, d, k=k)
         parts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in dcm.named_children()}
-        drows.append([k, fmt(count_params(dcm)), fmt(dcm.weight.numel()), fmt(parts['proj']), fmt(parts['router']),
-                      fmt(pix), fmt(a_pix), fmt(img), fmt(a_img), fmt(lit_pix)])
+        drows.append(
+            [
+                k,
+                fmt(count_params(dcm)),
+                fmt(dcm.weight.numel()),
+                fmt(parts['proj']),
+                fmt(parts['router']),
+                fmt(pix),
+                fmt(a_pix),
+                fmt(img),
+                fmt(a_img),
+                fmt(lit_pix),
+            ]
+        )
     print(f'### One DCM (c = {c}, d = {d}, n = 4, router hidden 128)\n')
-    print_table(['k', 'params', 'of which kernels n·c·d·k²', 'proj', 'router', 'MACs/pixel (counted)',
-                 'MACs/pixel (formula)', 'MACs/image (counted)', 'MACs/image (formula)',
-                 'literal path MACs/pixel (counted)'], drows)
+    print_table(
+        [
+            'k',
+            'params',
+            'of which kernels n·c·d·k²',
+            'proj',
+            'router',
+            'MACs/pixel (counted)',
+            'MACs/pixel (formula)',
+            'MACs/image (counted)',
+            'MACs/image (formula)',
+            'literal path MACs/pixel (counted)',
+        ],
+        drows,
+    )
 
 
 if __name__ == '__main__':

@@ -204,17 +204,17 @@ class DynamicCorrelationModule(nn.Module):
 
         pi = self.kernel_weights(prompt)  # (B, n)
         # Fold the projection into each basis kernel once (cost independent of B, h, w), then mix per sample.
-        # The bias path conv(M, W b_P) rides along as one more input channel of the same grouped convolution.
-        folded = torch.cat(
-            [
-                torch.einsum('nodij,dc->nocij', self.weight, proj_w),  # W_k o P: (n, c, c, k, k)
-                torch.einsum('nodij,d->noij', self.weight, proj_b).unsqueeze(2),  # W_k b_P: (n, c, 1, k, k)
-            ],
-            2,
-        )
-        weight = torch.einsum('bn,nocij->bocij', pi, folded)  # (B, c, c + 1, k, k)
-        out = self._per_sample_conv(torch.cat([masked_x, mask], 1), weight, pad)
-        return out + (pi @ self.bias)[:, :, None, None]
+        folded = torch.einsum('nodij,dc->nocij', self.weight, proj_w)  # W_k o P: (n, c, c, k, k)
+        folded_bias = torch.einsum('nodij,d->noij', self.weight, proj_b)  # W_k b_P: (n, c, k, k)
+        weight = torch.einsum('bn,nocij->bocij', pi, folded)  # (B, c, c, k, k)
+        weight_b = torch.einsum('bn,noij->boij', pi, folded_bias).reshape(b, c, -1)  # (B, c, k*k)
+        out = self._per_sample_conv(masked_x, weight, pad)
+        # The bias path conv(M, W b_P) + b has one input channel: a k*k-wide batched matmul over the unfolded mask
+        # is far cheaper than a grouped convolution (whose kernels are slow for one channel, or for c + 1 channels
+        # when it is appended to the main convolution).
+        patches = F.unfold(mask, self.kernel_size, padding=pad)  # (B, k*k, h*w)
+        bias_map = torch.baddbmm((pi @ self.bias).unsqueeze(2), weight_b, patches)  # (B, c, h*w)
+        return out + bias_map.view(b, c, h, w)
 
     def _attention_folded(self, x, prompt, proj_w, proj_b):
         """M = sigmoid(zeta * cos(P x + b_P, p)) from c-dimensional quantities only; returns (B, 1, h, w).
