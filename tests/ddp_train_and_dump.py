@@ -6,11 +6,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import pdnsr  # noqa: E402,F401  (first: makes basicsr importable)
+
+# isort: split
 import torch  # noqa: E402
 from basicsr.train import train_pipeline  # noqa: E402
 from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
 
-import pdnsr  # noqa: E402,F401
 from pdnsr.models import PDNModel  # noqa: E402
 
 
