@@ -136,7 +136,7 @@ def train_options(args, name, net_type, seed, data):
             optim_g=dict(type='Adam', lr=args.lr, betas=[0.9, 0.99]),
             scheduler=dict(type='CosineAnnealingRestartLR', periods=[args.iters], restart_weights=[1], eta_min=1e-6),
             total_iter=args.iters,
-            warmup_iter=-1,
+            warmup_iter=args.warmup if args.warmup is not None else args.iters // 5,
             pixel_opt=dict(type='L1Loss', loss_weight=1.0),
         ),
         logger=dict(print_freq=max(1, args.iters // 4), save_checkpoint_freq=args.iters, use_tb_logger=False),
@@ -220,6 +220,13 @@ def main():
     parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--gt-size', type=int, default=64)
     parser.add_argument('--lr', type=float, default=5e-4)
+    parser.add_argument(
+        '--warmup',
+        type=int,
+        default=None,
+        help='linear learning-rate warm-up iterations for both networks (default iters // 5; -1 = none). Without '
+        'it the DCMs destabilise short high-lr runs (docs/demo.md)',
+    )
     parser.add_argument(
         '--sigma', type=float, default=0.0, help='Gaussian blur before bicubic (0 = plain bicubic; the paper uses 1.3)'
     )
