@@ -23,6 +23,7 @@ SCRIPTS = {
     'bench_quality.py': ([], '| set | metric | EDSR | EDSR+ |'),
     'bench_tiling.py': ([], '| network | tile | pad |'),
     'bench_prompt_data.py': ([], '| measurement | value |'),
+    'bench_inference_memory.py': ([], '| network | LR input |'),
 }
 
 
