@@ -13,13 +13,14 @@ if __name__ == '__main__' and sys.path and os.path.abspath(sys.path[0]) == _HERE
     sys.path[0] = os.path.dirname(_HERE)
 
 import pdnsr  # noqa: E402,F401
+from pdnsr.cli import run_main  # noqa: E402
 from pdnsr.paths import root_path  # noqa: E402
 
 
 def main():
     from basicsr.test import test_pipeline
 
-    test_pipeline(root_path())
+    run_main(lambda: test_pipeline(root_path()), 'pdnsr-test')
 
 
 if __name__ == '__main__':

@@ -17,13 +17,14 @@ if __name__ == '__main__' and sys.path and os.path.abspath(sys.path[0]) == _HERE
     sys.path[0] = os.path.dirname(_HERE)
 
 import pdnsr  # noqa: E402,F401  (registers everything and applies the basicsr compat patches)
+from pdnsr.cli import run_main  # noqa: E402
 from pdnsr.paths import root_path  # noqa: E402
 
 
 def main():
     from basicsr.train import train_pipeline
 
-    train_pipeline(root_path())
+    run_main(lambda: train_pipeline(root_path()), 'pdnsr-train')
 
 
 if __name__ == '__main__':

@@ -271,3 +271,23 @@ def test_torchrun_two_processes_on_cpu_agree(paired_data, tmp_path):
         torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0)
     fresh = build_model(tiny_options(paired_data, 'ddp_fresh', total_iter=6)).net_g.state_dict()
     assert any(not torch.equal(rank0[k], fresh[k]) for k in rank0), 'training did not change the weights'
+
+
+def test_cli_user_error_is_one_line_with_exit_status_2(paired_data, tmp_path):
+    opt = tiny_options(paired_data, 'missing_store')
+    opt['datasets']['train']['dataroot_prompt'] = str(tmp_path / 'nowhere.lmdb')
+    path = tmp_path / 'missing.yml'
+    path.write_text(yaml.safe_dump(opt))
+    env = dict(os.environ, PDNSR_ROOT=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, 'pdnsr', 'train.py'), '-opt', str(path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('pdnsr-train: error: dataroot_prompt of dataset ') and 'nowhere.lmdb' in last, last
+    assert 'Traceback' not in proc.stderr

@@ -50,7 +50,10 @@ class PromptPairedImageDataset(PairedImageDataset):
             raise ValueError(f'prompt_choice must be one of {PROMPT_CHOICES}, got {self.prompt_choice!r}.')
         pattern = opt.get('prompt_key_pattern', DEFAULT_SUBIMAGE_PATTERN)
         self.prompt_store = PromptStore(opt['dataroot_prompt'], expected_dim=opt.get('prompt_dim'))
-        self.prompt_keys = self._match_prompt_keys(pattern)
+        try:
+            self.prompt_keys = self._match_prompt_keys(pattern)
+        except FileNotFoundError as err:  # say which option of which dataset points there
+            raise FileNotFoundError(f'dataroot_prompt of dataset {opt.get("name")!r}: {err}') from None
         # Drop this reader's handle: each DataLoader worker opens its own on its first read (the store notices the
         # new process id), and the main process only reads again if it iterates itself (num_workers: 0).
         self.prompt_store.close()
