@@ -230,6 +230,11 @@ def test_clear_errors_before_training(paired_data, tmp_path):
     bad_sched['train']['temperature'] = dict(start=34)
     with pytest.raises(ValueError, match=r"train.temperature: unknown option\(s\) \['start'\]"):
         build_model(bad_sched)
+    if not torch.cuda.is_available():
+        on_gpu = copy.deepcopy(opt)
+        on_gpu['num_gpu'] = 1
+        with pytest.raises(ValueError, match=r'num_gpu: 1 but this machine has no CUDA device'):
+            build_model(on_gpu)
     missing_store = copy.deepcopy(opt)
     missing_store['datasets']['val']['dataroot_prompt'] = str(tmp_path / 'nowhere.lmdb')
     with pytest.raises(FileNotFoundError, match='nowhere.lmdb'):

@@ -47,6 +47,11 @@ class PDNModel(SRModel):
     """
 
     def __init__(self, opt):
+        if opt.get('num_gpu', 0) and not torch.cuda.is_available():
+            # basicsr would otherwise fail deep inside the first .to('cuda') with a torch error.
+            raise ValueError(
+                f'num_gpu: {opt["num_gpu"]} but this machine has no CUDA device; set num_gpu: 0 (CPU) or num_gpu: auto'
+            )
         check_network_options(opt['network_g'])
         self.temperature_schedule = None
         self.current_temperature = None
