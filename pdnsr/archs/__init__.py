@@ -1,6 +1,14 @@
 """Networks, registered with basicsr's ARCH_REGISTRY on import: EDSRPlus, RCANPlus, RDN, RDNPlus."""
 
-from pdnsr.archs.dcm_arch import DynamicCorrelationModule, dcm_modules, keep_attention, set_dcm_temperature
+from pdnsr.archs.dcm_arch import (
+    DynamicCorrelationModule,
+    dcm_modules,
+    keep_attention,
+    select_dcms,
+    set_dcm_temperature,
+    takes_prompt,
+    type_takes_prompt,
+)
 from pdnsr.archs.edsr_plus_arch import EDSRPlus
 from pdnsr.archs.rcan_plus_arch import RCANPlus
 from pdnsr.archs.rdn_arch import RDN, RDNPlus
@@ -13,5 +21,8 @@ __all__ = [
     'RDNPlus',
     'dcm_modules',
     'keep_attention',
+    'select_dcms',
     'set_dcm_temperature',
+    'takes_prompt',
+    'type_takes_prompt',
 ]

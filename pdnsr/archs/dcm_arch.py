@@ -19,6 +19,7 @@ A zero prompt is allowed and gives finite output: ``p / |p|`` is zero, so the ma
 mixture is the one the router gives for a zero input (its biases). ``None`` means the same as a zero prompt.
 """
 
+import inspect
 import math
 
 import torch
@@ -245,6 +246,39 @@ class DynamicCorrelationModule(nn.Module):
 def dcm_modules(net):
     """All DCMs inside ``net`` (looks inside DataParallel / DDP wrappers too), in definition order."""
     return [m for m in net.modules() if isinstance(m, DynamicCorrelationModule)]
+
+
+def takes_prompt(net):
+    """True when ``net`` (or the network inside a DataParallel / DDP wrapper) is called as ``net(lq, prompt)``.
+
+    The one rule: prompt-guided networks declare their prompt size as ``prompt_dim``; baselines have none.
+    """
+    return getattr(getattr(net, 'module', net), 'prompt_dim', None) is not None
+
+
+def type_takes_prompt(net_type):
+    """:func:`takes_prompt` for a registered network type, before building it: its constructor takes ``prompt_dim``."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    return 'prompt_dim' in inspect.signature(ARCH_REGISTRY.get(net_type).__init__).parameters
+
+
+def select_dcms(net, indices, option='DCM index'):
+    """{index: DCM} for ``indices`` into :func:`dcm_modules` (negative counts from the end; ``True`` = first and
+    last). An index out of range is a ValueError that names ``option`` and the valid range."""
+    dcms = dcm_modules(net)
+    if not dcms:
+        return {}
+    indices = [0, -1] if indices is True else list(indices)
+    chosen = {}
+    for i in indices:
+        if not isinstance(i, int) or not -len(dcms) <= i < len(dcms):
+            raise ValueError(
+                f'{option}: DCM index {i!r} out of range; the network has {len(dcms)} DCMs '
+                f'(indices 0..{len(dcms) - 1}, negative from the end)'
+            )
+        chosen[i % len(dcms)] = dcms[i]
+    return chosen
 
 
 def set_dcm_temperature(net, value):

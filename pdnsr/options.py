@@ -1,0 +1,123 @@
+"""One builder of basicsr option dicts: the generator of ``options/``, the demo, the benchmarks and the tests.
+
+Each function returns a plain dict in basicsr's option layout; callers change what differs and dump it with
+:func:`write_options` (atomic). A prompt-guided network type (one that takes ``prompt_dim``, see
+:func:`pdnsr.archs.type_takes_prompt`) gets ``PromptPairedImageDataset`` datasets with ``dataroot_prompt`` from
+the caller; a baseline gets basicsr's ``PairedImageDataset`` from the same arguments, so a baseline and its "+" twin
+share one recipe.
+"""
+
+import os
+
+import yaml
+
+from pdnsr.archs.dcm_arch import type_takes_prompt
+
+
+def psnr_ssim_metrics(scale):
+    """basicsr's PSNR / SSIM on the Y channel with ``scale`` border pixels cropped (the paper's protocol)."""
+    return {
+        name: dict(type=f'calculate_{name}', crop_border=scale, test_y_channel=True) for name in ('psnr', 'ssim')
+    }
+
+
+def dataset(name, hr, lr, prompts=None, prompted=False):
+    """A paired dataset section (validation / test form). ``prompted`` adds ``dataroot_prompt: prompts``."""
+    if prompted and not prompts:
+        raise ValueError(f'dataset {name}: a prompt-guided network needs a prompt store (dataroot_prompt)')
+    opt = dict(
+        name=name,
+        type='PromptPairedImageDataset' if prompted else 'PairedImageDataset',
+        dataroot_gt=hr,
+        dataroot_lq=lr,
+    )
+    if prompted:
+        opt['dataroot_prompt'] = prompts
+    opt['io_backend'] = dict(type='disk')
+    return opt
+
+
+def train_dataset(name, hr, lr, gt_size, batch_size, prompts=None, prompted=False, workers=0, enlarge=1):
+    """A training dataset section: random ``gt_size`` crops, flips and rotations, ``batch_size`` per GPU."""
+    return dict(
+        dataset(name, hr, lr, prompts, prompted),
+        gt_size=gt_size,
+        use_hflip=True,
+        use_rot=True,
+        num_worker_per_gpu=workers,
+        batch_size_per_gpu=batch_size,
+        dataset_enlarge_ratio=enlarge,
+        prefetch_mode=None,
+    )
+
+
+def network(net_type, scale, prompt_dim=512, dcm=None, **args):
+    """``network_g``: ``type``, 3 -> 3 channels, ``upscale``, the type's own ``args``; prompt options if prompted."""
+    opt = dict(type=net_type, num_in_ch=3, num_out_ch=3, **args, upscale=scale)
+    if type_takes_prompt(net_type):
+        opt['prompt_dim'] = prompt_dim
+        if dcm:
+            opt['dcm'] = dict(dcm)
+    return opt
+
+
+def train_options(
+    name,
+    network_g,
+    train_set,
+    scale,
+    iters,
+    lr,
+    val_sets=None,
+    seed=0,
+    num_gpu=0,
+    warmup_iter=-1,
+    ema_decay=0,
+    betas=(0.9, 0.999),
+    eta_min=1e-7,
+    temperature=None,
+    print_freq=100,
+    checkpoint_freq=None,
+    val_freq=None,
+    use_tb_logger=False,
+):
+    """A whole training option dict for ``pdnsr/train.py``: PDNModel, Adam + cosine annealing, L1 loss.
+
+    ``temperature`` (``{init, step, every_epochs, min}``) is written for prompt-guided networks only; None means
+    the paper's schedule (PDNModel's default). ``val_sets``: {key: dataset dict} validated every ``val_freq``.
+    """
+    opt = dict(
+        name=name,
+        model_type='PDNModel',
+        scale=scale,
+        num_gpu=num_gpu,
+        manual_seed=seed,
+        datasets=dict(train=train_set, **(val_sets or {})),
+        network_g=network_g,
+        path=dict(pretrain_network_g=None, strict_load_g=True, resume_state=None),
+        train=dict(
+            ema_decay=ema_decay,
+            optim_g=dict(type='Adam', lr=lr, weight_decay=0, betas=list(betas), eps=1e-8),
+            scheduler=dict(type='CosineAnnealingRestartLR', periods=[iters], restart_weights=[1], eta_min=eta_min),
+            total_iter=iters,
+            warmup_iter=warmup_iter,
+            pixel_opt=dict(type='L1Loss', loss_weight=1.0, reduction='mean'),
+        ),
+        logger=dict(
+            print_freq=print_freq, save_checkpoint_freq=checkpoint_freq or iters, use_tb_logger=use_tb_logger
+        ),
+    )
+    if temperature is not None and type_takes_prompt(network_g['type']):
+        opt['train']['temperature'] = dict(temperature)
+    if val_sets:
+        opt['val'] = dict(val_freq=val_freq or iters, save_img=False, metrics=psnr_ssim_metrics(scale))
+    return opt
+
+
+def write_options(opt, path):
+    """Dump ``opt`` as YAML to ``path`` atomically (a temporary name, then rename); returns ``path``."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
