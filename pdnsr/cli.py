@@ -1,19 +1,65 @@
-"""How the command-line entry points report user errors: one line on stderr and exit status 2, not a traceback."""
+"""How every command-line entry point reports its outcome: the one home of the exit-status rule.
+
+``sys.exit(run_main(main_body, 'pdnsr-infer'))``: a user error (:data:`USER_ERRORS`: bad option, path, weights,
+prompt store, registry name...) becomes one line ``prog: error: message`` on stderr and exit status 2, the status
+argparse uses for usage errors (whose own ``SystemExit`` is passed through as a status); Ctrl-C is 130; anything
+else is a bug and keeps its traceback. ``PDNSR_DEBUG=1`` re-raises user errors too.
+"""
 
 import os
 import sys
 
-# Raised by pdnsr and basicsr for bad options, paths, prompt stores and registry names.
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+class UserError(Exception):
+    """A problem the user can fix, for code that has no better built-in type: reported as one line, exit 2."""
+
+
+# Raised by pdnsr and basicsr for bad options, paths (OSError: missing, existing or unwritable), prompt stores and
+# registry names (basicsr's registry raises KeyError).
+USER_ERRORS = (UserError, ValueError, KeyError, OSError)
+
+
+def one_line(err):
+    """The message of ``err`` on one line (a KeyError's message without the quotes ``str`` adds)."""
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    return ' '.join(str(message).split()) or type(err).__name__
 
 
 def run_main(fn, prog):
-    """Call ``fn()``; a user error becomes ``prog: error: message`` and exit status 2. ``PDNSR_DEBUG=1`` re-raises."""
+    """Call ``fn()`` and return the process exit status; never raises for a user error.
+
+    Args:
+        fn (callable): the entry point's body; returns an exit status (None means 0). It may parse arguments:
+            argparse's ``SystemExit`` (usage error, ``--help``) becomes its status.
+        prog (str): the command name that starts the error line.
+
+    Returns:
+        int: ``fn``'s status; 2 for a user error; 130 for Ctrl-C.
+    """
     try:
-        fn()
+        status = fn()
+    except SystemExit as err:
+        if err.code is None or isinstance(err.code, int):
+            return err.code or 0
+        print(err.code, file=sys.stderr)  # sys.exit('message'): what the interpreter would do
+        return 1
     except USER_ERRORS as err:
         if os.environ.get('PDNSR_DEBUG'):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f'{prog}: error: {message} (PDNSR_DEBUG=1 shows the traceback)', file=sys.stderr)
-        sys.exit(2)
+        print(f'{prog}: error: {one_line(err)} (PDNSR_DEBUG=1 shows the traceback)', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr)
+        return 130
+    return 0 if status is None else int(status)
+
+
+def run_pipeline(kind):
+    """``pdnsr-train`` / ``pdnsr-test``: basicsr's train or test pipeline (``kind``), with pdnsr registered and
+    ``experiments/``, ``results/``, ``tb_logger/`` under :func:`pdnsr.paths.root_path`; returns the exit status."""
+    import importlib
+
+    from pdnsr.paths import root_path
+
+    pipeline = getattr(importlib.import_module(f'basicsr.{kind}'), f'{kind}_pipeline')
+    return run_main(lambda: pipeline(root_path()), f'pdnsr-{kind}')

@@ -10,22 +10,17 @@ pdnsr is installed without a checkout, through the ``pdnsr-train`` command).
 import os
 import sys
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if __name__ == '__main__' and sys.path and os.path.abspath(sys.path[0]) == _HERE:
+if __name__ == '__main__' and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     # `python pdnsr/train.py` puts pdnsr/ itself on the path (its modules would shadow top-level names such as
     # `test`); put the repository root there instead, so a plain checkout runs without installing.
-    sys.path[0] = os.path.dirname(_HERE)
+    sys.path[0] = os.path.dirname(sys.path[0])
 
-import pdnsr  # noqa: E402,F401  (registers everything and applies the basicsr compat patches)
-from pdnsr.cli import run_main  # noqa: E402
-from pdnsr.paths import root_path  # noqa: E402
+from pdnsr.cli import run_pipeline  # noqa: E402  (importing pdnsr registers everything and applies compat)
 
 
 def main():
-    from basicsr.train import train_pipeline
-
-    run_main(lambda: train_pipeline(root_path()), 'pdnsr-train')
+    return run_pipeline('train')
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
