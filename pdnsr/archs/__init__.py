@@ -2,6 +2,7 @@
 
 from pdnsr.archs.dcm_arch import (
     DynamicCorrelationModule,
+    convert_state_dict_to_compact,
     dcm_modules,
     keep_attention,
     select_dcms,
@@ -19,6 +20,7 @@ __all__ = [
     'RCANPlus',
     'RDN',
     'RDNPlus',
+    'convert_state_dict_to_compact',
     'dcm_modules',
     'keep_attention',
     'select_dcms',

@@ -15,6 +15,15 @@ convolution are linear in ``x`` except for the per-pixel scalar ``M``, so the pr
 mask's dot products (through ``P^T p`` and the Gram matrix ``P^T P``) and into the kernel bank (``W_k o P``). See
 ``docs/dcm.md`` for the derivation and the cost.
 
+Two layouts of the parameters (``bank``) give the same family of functions. ``'paper'`` stores the kernel bank
+``W: (n, c, d, k, k)`` as the paper writes it and folds ``P`` into it at every forward. ``'compact'`` stores what the
+network actually uses, ``K_k = W_k o P: (n, c, c, k, k)`` (``kernel``), ``V_k = W_k b_P: (n, c, k, k)``
+(``mask_kernel``) and ``b_k`` (``bias``); ``proj`` then only serves the mask. For d >= c every (K, V) is reachable,
+so nothing is lost; a paper checkpoint converts exactly (:func:`convert_state_dict_to_compact`).
+
+In eval mode without autograd (inference, tiles, validation) the prompt-mixed kernels are computed once per prompt
+and reused until a parameter, the prompt or the temperature changes (:meth:`DynamicCorrelationModule.mixed_kernels`).
+
 A zero prompt is allowed and gives finite output: ``p / |p|`` is zero, so the mask is 0.5 everywhere and the kernel
 mixture is the one the router gives for a zero input (its biases). ``None`` means the same as a zero prompt.
 """
@@ -25,6 +34,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Layouts of the kernel bank (see the module docstring).
+BANKS = ('paper', 'compact')
 
 # Norms below this are treated as zero: the mask of a zero feature vector or a zero prompt is sigmoid(0).
 _EPS = 1e-6
@@ -49,6 +61,9 @@ class DynamicCorrelationModule(nn.Module):
         temperature (float): initial softmax temperature T of the router. Default 34.
         init_scale (float): scale of the basis kernels' initialisation relative to PyTorch's conv default, kept
             small so that a DCM inserted into a pretrained backbone starts close to the identity residual.
+        bank (str): ``'paper'`` (default; ``weight (n, c, d, k, k)`` as in the paper, folded with ``proj`` at every
+            forward) or ``'compact'`` (``kernel (n, c, c, k, k)``, ``mask_kernel (n, c, k, k)``: the folded bank
+            stored directly, the same functions with ~5x fewer parameters and nothing to fold).
     """
 
     def __init__(
@@ -62,6 +77,7 @@ class DynamicCorrelationModule(nn.Module):
         use_dynamic=True,
         temperature=34.0,
         init_scale=0.1,
+        bank='paper',
     ):
         super().__init__()
         for name, value in (
@@ -78,22 +94,32 @@ class DynamicCorrelationModule(nn.Module):
             )
         if temperature <= 0:
             raise ValueError(f'DynamicCorrelationModule: temperature must be > 0, got {temperature!r}')
+        if bank not in BANKS:
+            raise ValueError(f'DynamicCorrelationModule: bank must be one of {list(BANKS)}, got {bank!r}')
         self.num_feat = num_feat
         self.prompt_dim = prompt_dim
         self.kernel_size = kernel_size
         self.use_attention = use_attention
         self.use_dynamic = use_dynamic
         self.num_kernels = num_kernels if use_dynamic else 1
+        self.bank = bank
 
-        self.proj = nn.Conv2d(num_feat, prompt_dim, 1)
+        n, c, k = self.num_kernels, num_feat, kernel_size
+        # The compact bank needs the projection for the mask only; the paper's bank always folds it in.
+        if use_attention or bank == 'paper':
+            self.proj = nn.Conv2d(num_feat, prompt_dim, 1)
         if use_attention:
             self.zeta = nn.Parameter(torch.tensor(50.0))
         if use_dynamic:
             self.router = nn.Sequential(
                 nn.Linear(prompt_dim, router_hidden), nn.ReLU(inplace=True), nn.Linear(router_hidden, num_kernels)
             )
-        self.weight = nn.Parameter(torch.empty(self.num_kernels, num_feat, prompt_dim, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(self.num_kernels, num_feat))
+        if bank == 'paper':
+            self.weight = nn.Parameter(torch.empty(n, c, prompt_dim, k, k))
+        else:
+            self.kernel = nn.Parameter(torch.empty(n, c, c, k, k))
+            self.mask_kernel = nn.Parameter(torch.empty(n, c, k, k))
+        self.bias = nn.Parameter(torch.empty(n, c))
         # T is state, not a parameter: saved in state_dict (so checkpoints carry it) but never trained or averaged.
         self.register_buffer('temperature', torch.tensor(float(temperature)))
         self.reset_parameters(init_scale)
@@ -101,18 +127,30 @@ class DynamicCorrelationModule(nn.Module):
         # Visualisation: the last mask is kept only while someone asked for it (see ``keep_attention``).
         self.keep_attention = False
         self.last_attention = None
+        # Eval-time cache of the prompt-mixed kernels: (key, kernels); see ``mixed_kernels``.
+        self._kernel_cache = None
 
     def reset_parameters(self, init_scale=0.1):
-        fan_in = self.prompt_dim * self.kernel_size**2
+        """Uniform in +-init_scale / sqrt(fan_in): the basis kernels start small, the DCM near a zero residual.
+
+        The compact bank uses the fan-in of its own c-channel kernels, which gives its folded kernels about the
+        spread the paper layout's ``W o P`` has at initialisation.
+        """
+        fan_in = (self.prompt_dim if self.bank == 'paper' else self.num_feat) * self.kernel_size**2
         bound = init_scale / math.sqrt(fan_in)
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        for param in self._bank_parameters():
+            nn.init.uniform_(param, -bound, bound)
+
+    def _bank_parameters(self):
+        if self.bank == 'paper':
+            return [self.weight, self.bias]
+        return [self.kernel, self.mask_kernel, self.bias]
 
     def extra_repr(self):
         return (
             f'num_feat={self.num_feat}, prompt_dim={self.prompt_dim}, num_kernels={self.num_kernels}, '
             f'kernel_size={self.kernel_size}, use_attention={self.use_attention}, '
-            f'use_dynamic={self.use_dynamic}'
+            f'use_dynamic={self.use_dynamic}, bank={self.bank!r}'
         )
 
     def set_temperature(self, value):
@@ -167,7 +205,13 @@ class DynamicCorrelationModule(nn.Module):
 
     # ------------------------------------------------------------------ literal Eq. 2-4 (reference)
     def forward_literal(self, x, prompt):
-        """Eq. 2-4 as written, building the d-channel projection. Reference for tests; slow. Shapes as forward."""
+        """Eq. 2-4 as written, building the d-channel projection. Reference for tests; slow. Shapes as forward.
+
+        Only the paper's layout has a d-channel bank to write the equations with; convert a compact module's
+        reference by building the paper module it came from (:func:`convert_state_dict_to_compact`).
+        """
+        if self.bank != 'paper':
+            raise ValueError("forward_literal needs bank='paper' (the compact bank has no d-channel kernels)")
         prompt = self._check_inputs(x, prompt)
         f = self.proj(x)  # (B, d, h, w)
         if self.use_attention:
@@ -191,11 +235,10 @@ class DynamicCorrelationModule(nn.Module):
         prompt = self._check_inputs(x, prompt)
         b, c, h, w = x.shape
         pad = self.kernel_size // 2
-        proj_w = self.proj.weight.reshape(self.prompt_dim, c)  # P: (d, c)
-        proj_b = self.proj.bias  # b_P: (d,)
+        kernel, mask_kernel, bias, mask_maps = self.mixed_kernels(prompt, x.dtype)
 
         if self.use_attention:
-            mask = self._attention_folded(x, prompt, proj_w, proj_b)  # (B, 1, h, w)
+            mask = self._attention_folded(x, mask_maps)  # (B, 1, h, w)
             self._keep(mask)
             masked_x = mask * x
         else:
@@ -203,42 +246,105 @@ class DynamicCorrelationModule(nn.Module):
             mask = x.new_ones(b, 1, h, w)
             masked_x = x
 
-        pi = self.kernel_weights(prompt)  # (B, n)
-        # Fold the projection into each basis kernel once (cost independent of B, h, w), then mix per sample.
-        folded = torch.einsum('nodij,dc->nocij', self.weight, proj_w)  # W_k o P: (n, c, c, k, k)
-        folded_bias = torch.einsum('nodij,d->noij', self.weight, proj_b)  # W_k b_P: (n, c, k, k)
-        weight = torch.einsum('bn,nocij->bocij', pi, folded)  # (B, c, c, k, k)
-        weight_b = torch.einsum('bn,noij->boij', pi, folded_bias).reshape(b, c, -1)  # (B, c, k*k)
-        out = self._per_sample_conv(masked_x, weight, pad)
-        # The bias path conv(M, W b_P) + b has one input channel: a k*k-wide batched matmul over the unfolded mask
+        out = self._per_sample_conv(masked_x, kernel, pad)
+        # The bias path conv(M, V) + b has one input channel: a k*k-wide batched matmul over the unfolded mask
         # is far cheaper than a grouped convolution (whose kernels are slow for one channel, or for c + 1 channels
         # when it is appended to the main convolution).
         patches = F.unfold(mask, self.kernel_size, padding=pad)  # (B, k*k, h*w)
-        bias_map = torch.baddbmm((pi @ self.bias).unsqueeze(2), weight_b, patches)  # (B, c, h*w)
+        bias_map = torch.baddbmm(bias.unsqueeze(2), mask_kernel, patches)  # (B, c, h*w)
         return out + bias_map.view(b, c, h, w)
 
-    def _attention_folded(self, x, prompt, proj_w, proj_b):
-        """M = sigmoid(zeta * cos(P x + b_P, p)) from c-dimensional quantities only; returns (B, 1, h, w).
+    def folded_bank(self):
+        """The bank the network uses, ``(K (n, c, c, k, k), V (n, c, k, k))``: ``K_k = W_k o P``, ``V_k = W_k b_P``.
 
-        Numerator ``x . (P^T p_hat) + b_P . p_hat``; squared norm ``x^T G x + 2 (P^T b_P) . x + |b_P|^2`` with
-        ``G = P^T P``. The three linear maps of ``x`` (``G``, ``P^T p_hat``, ``2 P^T b_P``) are stacked into one
-        per-sample ``(c + 2, c)`` matrix so that a single batched matmul reads ``x`` once. Computed in float32 or
-        wider (the Gram form cancels badly in half precision) and clamped at zero, because rounding can make the
-        expanded square slightly negative.
+        Stored as such by the compact bank; folded from ``weight`` and ``proj`` for the paper's (cost independent of
+        the batch and the image size, but paid at every training forward).
         """
-        b, c, h, w = x.shape
-        wide = _wide(x.dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            xf = x.to(wide).reshape(b, c, h * w)
-            pw = proj_w.to(wide)
-            pb = proj_b.to(wide)
+        if self.bank == 'compact':
+            return self.kernel, self.mask_kernel
+        proj_w = self.proj.weight.reshape(self.prompt_dim, self.num_feat)
+        return (
+            torch.einsum('nodij,dc->nocij', self.weight, proj_w),
+            torch.einsum('nodij,d->noij', self.weight, self.proj.bias),
+        )
+
+    def mixed_kernels(self, prompt, dtype):
+        """Everything of one forward that depends on the prompt and the parameters only, not on the image.
+
+        Returns ``(kernel (B, c, c, k, k), mask_kernel (B, c, k*k), bias (B, c), mask_maps)``: the router's mixture
+        of the folded bank and of the biases, and the inputs of the attention mask (None without attention).
+
+        In eval mode with autograd off (inference, tiled inference, validation) the result is cached: it is
+        recomputed only when the prompt tensor (identity or in-place version), a parameter or buffer (the
+        temperature included; identity, storage, in-place version), the dtype or the autocast state changes. Train
+        mode, or eval with autograd on, never caches, so gradients always flow through a fresh graph.
+        """
+        use_cache = not self.training and not torch.is_grad_enabled()
+        if use_cache:
+            key = self._cache_key(prompt, dtype)
+            cached = self._kernel_cache  # one read: a concurrent caller replaces the tuple whole, never mutates it
+            if cached is not None and cached[0] is prompt and cached[1] == key:
+                return cached[2]
+        else:
+            self._kernel_cache = None
+        pi = self.kernel_weights(prompt)  # (B, n)
+        kernel, mask_kernel = self.folded_bank()
+        b = prompt.shape[0]
+        result = (
+            torch.einsum('bn,nocij->bocij', pi, kernel),
+            torch.einsum('bn,noij->boij', pi, mask_kernel).reshape(b, self.num_feat, -1),
+            pi @ self.bias,
+            self._attention_maps(prompt) if self.use_attention else None,
+        )
+        if use_cache:
+            # The cache holds the prompt itself, so no other tensor can take its identity while cached.
+            self._kernel_cache = (prompt, key, result)
+        return result
+
+    def _cache_key(self, prompt, dtype):
+        device_type = prompt.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        state = tuple((id(t), t.data_ptr(), t._version) for t in (*self.parameters(), self.temperature))
+        return (
+            prompt._version,
+            prompt.data_ptr(),
+            dtype,
+            autocast,
+            torch.get_autocast_dtype(device_type) if autocast else None,
+            state,
+        )
+
+    def _attention_maps(self, prompt):
+        """Per-sample linear maps of the mask, ``(maps (B, c + 2, c), offset (B, 1), const ())``, in float32+.
+
+        The mask's numerator is ``x . (P^T p_hat) + b_P . p_hat`` and its squared norm ``x^T G x + 2 (P^T b_P) . x +
+        |b_P|^2`` with ``G = P^T P``: the three linear maps of ``x`` (``G``, ``2 P^T b_P``, ``P^T p_hat``) are
+        stacked so that one batched matmul reads ``x`` once.
+        """
+        c = self.num_feat
+        wide = _wide(prompt.dtype if prompt.dtype == torch.float64 else self.proj.weight.dtype)
+        with torch.autocast(device_type=prompt.device.type, enabled=False):
+            pw = self.proj.weight.reshape(self.prompt_dim, c).to(wide)
+            pb = self.proj.bias.to(wide)
             unit_p = self._unit_prompt(prompt).to(wide)  # (B, d)
             shared = torch.cat([pw.t() @ pw, 2 * (pw.t() @ pb)[None]], 0)  # [G; 2 P^T b_P]: (c + 1, c)
-            maps = torch.cat([shared.expand(b, c + 1, c), (unit_p @ pw)[:, None]], 1)  # (B, c + 2, c)
+            maps = torch.cat([shared.expand(prompt.shape[0], c + 1, c), (unit_p @ pw)[:, None]], 1)
+            return maps, (unit_p @ pb)[:, None], pb.dot(pb)
+
+    def _attention_folded(self, x, mask_maps):
+        """M = sigmoid(zeta * cos(P x + b_P, p)) from c-dimensional quantities only; returns (B, 1, h, w).
+
+        ``mask_maps`` comes from :meth:`_attention_maps`. Computed in float32 or wider (the Gram form cancels badly
+        in half precision) and clamped at zero, because rounding can make the expanded square slightly negative.
+        """
+        b, c, h, w = x.shape
+        maps, offset, const = mask_maps
+        wide = maps.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.to(wide).reshape(b, c, h * w)
             y = torch.bmm(maps, xf)  # (B, c + 2, h*w)
-            sq = (xf * y[:, :c]).sum(1) + y[:, c] + pb.dot(pb)
-            num = y[:, c + 1] + (unit_p @ pb)[:, None]
-            cos = num / sq.clamp_min(0).sqrt().clamp_min(_EPS)
+            sq = (xf * y[:, :c]).sum(1) + y[:, c] + const
+            cos = (y[:, c + 1] + offset) / sq.clamp_min(0).sqrt().clamp_min(_EPS)
             mask = torch.sigmoid(self.zeta.to(wide) * cos)
         return mask.reshape(b, 1, h, w).to(x.dtype)
 
@@ -295,3 +401,34 @@ def keep_attention(net, enabled=True):
         m.keep_attention = enabled
         if not enabled:
             m.last_attention = None
+
+
+def convert_state_dict_to_compact(state_dict):
+    """A state dict whose paper-layout DCMs are rewritten in the compact layout, exactly; returns (new, count).
+
+    For every DCM (found by its ``<prefix>.weight`` of shape ``(n, c, d, k, k)`` beside ``<prefix>.proj.weight``)
+    ``kernel = W o P`` and ``mask_kernel = W b_P`` are computed in float64 and stored in the bank's dtype; ``proj``
+    is kept when the DCM has an attention mask (``<prefix>.zeta``) and dropped otherwise; biases, router,
+    ``zeta`` and the temperature are copied. Every other entry is copied unchanged, in order. Build the network
+    with ``dcm: {bank: compact}`` to load the result.
+    """
+    banks = [  # prefixes of the paper-layout DCMs, e.g. 'dcms.3.'
+        key[: -len('weight')]
+        for key, value in state_dict.items()
+        if key.endswith('weight') and value.dim() == 5 and f'{key[: -len("weight")]}proj.bias' in state_dict
+    ]
+    dropped = {f'{p}proj.{n}' for p in banks if f'{p}zeta' not in state_dict for n in ('weight', 'bias')}
+    out = {}
+    for key, value in state_dict.items():
+        if key in dropped:
+            continue  # without attention the compact DCM has no projection
+        prefix = key[: -len('weight')]
+        if prefix not in banks or not key.endswith('weight'):
+            out[key] = value
+            continue
+        weight = value.double()
+        proj_w = state_dict[prefix + 'proj.weight'].double().flatten(1)  # (d, c)
+        proj_b = state_dict[prefix + 'proj.bias'].double()
+        out[prefix + 'kernel'] = torch.einsum('nodij,dc->nocij', weight, proj_w).to(value.dtype)
+        out[prefix + 'mask_kernel'] = torch.einsum('nodij,d->noij', weight, proj_b).to(value.dtype)
+    return out, len(banks)

@@ -1,0 +1,79 @@
+"""Convert a checkpoint's DCMs from the paper's kernel bank to the compact one, exactly.
+
+    python scripts/convert_dcm_bank.py experiments/train_rcan_x4/models/net_g_latest.pth rcan_x4_compact.pth
+
+Every paper-layout DCM (``weight (n, c, d, k, k)`` + ``proj``) of every state dict in the file (``params`` and
+``params_ema`` of a basicsr checkpoint, or a bare state dict) becomes ``kernel (n, c, c, k, k)`` +
+``mask_kernel (n, c, k, k)`` (``pdnsr.archs.convert_state_dict_to_compact``); the temperature and everything else
+is kept. Load the result into the same network with ``dcm: {bank: compact}`` under ``network_g``: its outputs
+equal the original network's up to float rounding. The output is written to a temporary name, then renamed.
+"""
+
+import argparse
+import os
+import sys
+
+try:
+    import pdnsr  # noqa: F401  (applies the basicsr compatibility patches)
+except ImportError:  # run from a checkout that was not pip-installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import pdnsr  # noqa: F401
+
+import torch  # noqa: E402
+
+from pdnsr.archs.dcm_arch import convert_state_dict_to_compact  # noqa: E402
+from pdnsr.cli import run_main  # noqa: E402
+
+PARAM_KEYS = ('params', 'params_ema')
+
+
+def convert_checkpoint(src, dst):
+    """Convert ``src`` into ``dst`` (both paths); returns {state dict key: number of DCMs converted}."""
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f'checkpoint {src} does not exist')
+    try:
+        checkpoint = torch.load(src, map_location='cpu', weights_only=True)
+    except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, EOFError) for bad files
+        raise ValueError(f'cannot read checkpoint {src}: {" ".join(str(err).split())[:300]}') from err
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'checkpoint {src} holds a {type(checkpoint).__name__}, not a state dict')
+    keys = [k for k in PARAM_KEYS if k in checkpoint]
+    out, counts = dict(checkpoint), {}
+    if keys:
+        for key in keys:
+            out[key], counts[key] = convert_state_dict_to_compact(checkpoint[key])
+    else:
+        out, counts['state_dict'] = convert_state_dict_to_compact(checkpoint)
+    if not any(counts.values()):
+        raise ValueError(
+            f'checkpoint {src} has no DCM with the paper kernel bank (no 5-D "weight" beside "proj"): '
+            f'it is already compact or has no DCMs'
+        )
+    tmp = f'{dst}.tmp{os.getpid()}'
+    try:
+        torch.save(out, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return counts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Rewrite the DCMs of a pdnsr checkpoint in the compact kernel bank (exact).'
+    )
+    parser.add_argument('input', help='checkpoint with paper-layout DCMs (basicsr .pth or a bare state dict)')
+    parser.add_argument('output', help='where to write the converted checkpoint')
+    args = parser.parse_args(argv)
+
+    def convert():
+        counts = convert_checkpoint(args.input, args.output)
+        done = ', '.join(f'{key}: {n} DCMs' for key, n in counts.items())
+        print(f'{args.output}: {done} converted; build the network with dcm: {{bank: compact}} to load it')
+
+    return run_main(convert, 'convert_dcm_bank.py')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
