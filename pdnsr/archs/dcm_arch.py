@@ -28,7 +28,6 @@ A zero prompt is allowed and gives finite output: ``p / |p|`` is zero, so the ma
 mixture is the one the router gives for a zero input (its biases). ``None`` means the same as a zero prompt.
 """
 
-import inspect
 import math
 
 import torch
@@ -195,11 +194,16 @@ class DynamicCorrelationModule(nn.Module):
             self.last_attention = mask.detach()
 
     @staticmethod
-    def _per_sample_conv(inp, weight, padding):
-        """Convolve sample i of ``inp (B, Ci, h, w)`` with ``weight[i] (Co, Ci, k, k)``; one grouped conv, no loop."""
+    def _per_sample_conv(inp, weight, padding, bias=None):
+        """Convolve sample i of ``inp (B, Ci, h, w)`` with ``weight[i] (Co, Ci, k, k)`` (+ ``bias[i] (Co,)``); one
+        grouped conv, no loop."""
         b, ci, h, w = inp.shape
         out = F.conv2d(
-            inp.reshape(1, b * ci, h, w), weight.reshape(-1, ci, *weight.shape[-2:]), padding=padding, groups=b
+            inp.reshape(1, b * ci, h, w),
+            weight.reshape(-1, ci, *weight.shape[-2:]),
+            None if bias is None else bias.reshape(-1),
+            padding=padding,
+            groups=b,
         )
         return out.reshape(b, -1, h, w)
 
@@ -246,13 +250,13 @@ class DynamicCorrelationModule(nn.Module):
             mask = x.new_ones(b, 1, h, w)
             masked_x = x
 
-        out = self._per_sample_conv(masked_x, kernel, pad)
-        # The bias path conv(M, V) + b has one input channel: a k*k-wide batched matmul over the unfolded mask
-        # is far cheaper than a grouped convolution (whose kernels are slow for one channel, or for c + 1 channels
-        # when it is appended to the main convolution).
+        # The mixed bias b rides in the grouped convolution's own bias (no extra pass over the output).
+        out = self._per_sample_conv(masked_x, kernel, pad, bias)
+        # The term conv(M, V) has one input channel: a k*k-wide batched matmul over the unfolded mask, accumulated
+        # into the output by baddbmm, is far cheaper than a grouped convolution (whose kernels are slow for one
+        # channel, or for c + 1 channels when it is appended to the main convolution).
         patches = F.unfold(mask, self.kernel_size, padding=pad)  # (B, k*k, h*w)
-        bias_map = torch.baddbmm(bias.unsqueeze(2), mask_kernel, patches)  # (B, c, h*w)
-        return out + bias_map.view(b, c, h, w)
+        return torch.baddbmm(out.view(b, c, h * w), mask_kernel, patches).view(b, c, h, w)
 
     def folded_bank(self):
         """The bank the network uses, ``(K (n, c, c, k, k), V (n, c, k, k))``: ``K_k = W_k o P``, ``V_k = W_k b_P``.
@@ -364,9 +368,9 @@ def takes_prompt(net):
 
 def type_takes_prompt(net_type):
     """:func:`takes_prompt` for a registered network type, before building it: its constructor takes ``prompt_dim``."""
-    from basicsr.utils.registry import ARCH_REGISTRY
+    from pdnsr.archs.network_options import network_parameters
 
-    return 'prompt_dim' in inspect.signature(ARCH_REGISTRY.get(net_type).__init__).parameters
+    return 'prompt_dim' in network_parameters(net_type)
 
 
 def select_dcms(net, indices, option='DCM index'):
