@@ -2,8 +2,11 @@
 
 Sizes (the issue's): 64 features, 48 x 48 LR patches, batch 4, x4 upscaling, prompt_dim 512, default DCM options.
 RCAN: the full 10 groups x 20 blocks and a 2-group (x 20 blocks) one; RDN: D = 16, C = 8, G = 64; EDSR: 16 blocks.
+Each "+" network is timed with every kernel bank of ``--banks`` (default both: ``paper``, the paper's layout folded
+at every forward, and ``compact``), interleaved with its baseline in the same rounds.
 
     .venv/bin/python benchmarks/bench_networks.py [--device cpu|cuda] [--quick] [--only rcan,rdn,edsr]
+        [--banks paper,compact]
 """
 
 from common import (
@@ -24,6 +27,7 @@ import torch
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
 
+from pdnsr.archs.dcm_arch import BANKS
 from pdnsr.archs.edsr_plus_arch import EDSRPlus
 from pdnsr.archs.rcan_plus_arch import RCANPlus
 from pdnsr.archs.rdn_arch import RDN, RDNPlus
@@ -33,14 +37,14 @@ def configs(quick, scale):
     """(key, label, baseline class, "+" class, kwargs, target)."""
     if quick:
         return [
-            ('edsr', 'EDSR+ / EDSR (2 blocks, 8 feat)', EDSR, EDSRPlus, dict(num_feat=8, num_block=2), 1.8),
+            ('edsr', 'EDSR+ / EDSR (2 blocks, 8 feat)', EDSR, EDSRPlus, dict(num_feat=8, num_block=2), 1.5),
             (
                 'rcan',
                 'RCAN+ / RCAN (1 group x 3 blocks, 8 feat)',
                 RCAN,
                 RCANPlus,
                 dict(num_feat=8, num_group=1, num_block=3, squeeze_factor=4),
-                1.08,
+                1.12,
             ),
             (
                 'rdn',
@@ -52,14 +56,14 @@ def configs(quick, scale):
             ),
         ]
     return [
-        ('edsr', 'EDSR+ / EDSR (16 blocks, 64 feat)', EDSR, EDSRPlus, dict(num_feat=64, num_block=16), 1.8),
+        ('edsr', 'EDSR+ / EDSR (16 blocks, 64 feat)', EDSR, EDSRPlus, dict(num_feat=64, num_block=16), 1.5),
         (
             'rcan',
             'RCAN+ / RCAN (2 groups x 20 blocks, 64 feat)',
             RCAN,
             RCANPlus,
             dict(num_feat=64, num_group=2, num_block=20, squeeze_factor=16),
-            1.08,
+            1.12,
         ),
         (
             'rcan',
@@ -67,7 +71,7 @@ def configs(quick, scale):
             RCAN,
             RCANPlus,
             dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16),
-            1.08,
+            1.12,
         ),
         (
             'rdn',
@@ -87,7 +91,12 @@ def main():
     parser.add_argument('--scale', type=int, default=4)
     parser.add_argument('--prompt-dim', type=int, default=512)
     parser.add_argument('--only', default='', help='comma-separated subset of edsr,rcan,rdn')
+    parser.add_argument('--banks', default='paper,compact', help='DCM kernel banks to time (default paper,compact)')
     args = parser.parse_args()
+    banks = [b for b in args.banks.split(',') if b]
+    unknown = sorted(set(banks) - set(BANKS))
+    if unknown or not banks:
+        parser.error(f'--banks: unknown bank(s) {unknown}; choose from {list(BANKS)}')
     if args.quick:
         args.batch, args.size, args.prompt_dim = 1, 12, 16
     reps = args.reps or (1 if args.quick else 5)
@@ -106,31 +115,38 @@ def main():
         torch.manual_seed(0)
         common_kw = dict(num_in_ch=3, num_out_ch=3, upscale=args.scale, **kwargs)
         base = base_cls(**common_kw).to(device)
-        plus = plus_cls(prompt_dim=args.prompt_dim, **common_kw).to(device)
         x = torch.rand(args.batch, 3, args.size, args.size, device=device)
         prompt = torch.randn(args.batch, args.prompt_dim, device=device)
-        res = time_interleaved({'base': fwd_bwd(base, (x,)), 'plus': fwd_bwd(plus, (x, prompt))}, device, reps=reps)
-        (tb, sb), (tp, sp) = res['base'], res['plus']
-        ratio = paired_ratio(sp, sb)
-        rows.append(
-            [
-                label,
-                f'{tb * 1e3:.0f}',
-                f'{tp * 1e3:.0f}',
-                spread(sb),
-                spread(sp),
-                f'{tp / tb:.3f}',
-                f'{ratio:.3f}',
-                f'{min_ratio(sp, sb):.3f}',
-                verdict(ratio, target, quick=args.quick),
-            ]
-        )
+        steps = {'base': fwd_bwd(base, (x,))}
+        for bank in banks:
+            plus = plus_cls(prompt_dim=args.prompt_dim, dcm=dict(bank=bank), **common_kw).to(device)
+            steps[bank] = fwd_bwd(plus, (x, prompt))
+        res = time_interleaved(steps, device, reps=reps)
+        tb, sb = res['base']
+        for bank in banks:
+            tp, sp = res[bank]
+            ratio = paired_ratio(sp, sb)
+            rows.append(
+                [
+                    label,
+                    bank,
+                    f'{tb * 1e3:.0f}',
+                    f'{tp * 1e3:.0f}',
+                    spread(sb),
+                    spread(sp),
+                    f'{tp / tb:.3f}',
+                    f'{ratio:.3f}',
+                    f'{min_ratio(sp, sb):.3f}',
+                    verdict(ratio, target, quick=args.quick),
+                ]
+            )
         print(f'  measured {label}', flush=True)
-        del base, plus
+        del base, steps
     print()
     print_table(
         [
             'pair',
+            'DCM bank',
             'baseline ms',
             '"+" ms',
             'baseline min–max',

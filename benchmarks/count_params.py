@@ -12,11 +12,15 @@ per pixel ``c (c + 1) k^2`` (grouped conv on [M x, M]) ``+ (c + 2) c`` (the mask
 per image ``n c (c + 1) d k^2`` (folding ``W_k o P`` and ``W_k b_P``) ``+ n c (c + 1) k^2`` (mixing)
 ``+ d r + r n`` (router) ``+ c c d`` (Gram ``P^T P``) ``+ d c`` (``P^T p``) ``+ n c`` (bias mix); the dominant
 term is the folding, ``n c (c + 1) d k^2`` (about 76 M MACs for c = 64, d = 512, k = 3), once per image per DCM.
+The compact bank (``dcm: {bank: compact}``) stores the folded kernels, so its per-image term drops the folding:
+``n c (c + 1) k^2 + d r + r n + c c d + d c + n c``; its per-pixel cost is the same.
+
+Parameter targets (compact bank, x4 defaults): EDSR+ <= 4x EDSR, RCAN+ <= 1.6x RCAN, RDN+ <= 1.2x RDN.
 
     .venv/bin/python benchmarks/count_params.py [--quick]
 """
 
-from common import make_parser, print_header, print_table, setup
+from common import make_parser, print_header, print_table, setup, verdict
 
 # isort: split
 import torch
@@ -24,10 +28,13 @@ from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
 from torch.utils.flop_counter import FlopCounterMode
 
-from pdnsr.archs.dcm_arch import DynamicCorrelationModule
+from pdnsr.archs.dcm_arch import BANKS, DynamicCorrelationModule
 from pdnsr.archs.edsr_plus_arch import EDSRPlus
 from pdnsr.archs.rcan_plus_arch import RCANPlus
 from pdnsr.archs.rdn_arch import RDN, RDNPlus
+
+# Parameters of the "+" network with the compact bank over its baseline's, at most (issue: a lightweight DCM).
+PARAM_TARGETS = {'EDSR': 4.0, 'RCAN': 1.6, 'RDN': 1.2}
 
 
 def count_params(net):
@@ -48,10 +55,12 @@ def macs_split(make_inputs, net, sizes):
     return per_pixel, m1 - per_pixel * s1 * s1
 
 
-def dcm_analytic(c, d, n=4, k=3, r=128):
+def dcm_analytic(c, d, n=4, k=3, r=128, bank='paper'):
     per_pixel = c * (c + 1) * k * k + (c + 2) * c
     # Matrix-vector products (P^T b_P, b_P . p_hat, |b_P|^2) are left out: FlopCounterMode does not count them.
-    per_image = n * c * (c + 1) * d * k * k + n * c * (c + 1) * k * k + d * r + r * n + c * c * d + d * c + n * c
+    per_image = n * c * (c + 1) * k * k + d * r + r * n + c * c * d + d * c + n * c
+    if bank == 'paper':
+        per_image += n * c * (c + 1) * d * k * k  # folding W_k o P and W_k b_P
     return per_pixel, per_image
 
 
@@ -87,62 +96,88 @@ def main():
     rows = []
     for label, base_cls, plus_cls, kwargs in nets:
         kw = dict(num_in_ch=3, num_out_ch=3, upscale=4, **kwargs)
-        base, plus = base_cls(**kw).to(device), plus_cls(prompt_dim=d, **kw).to(device)
-        n_dcm = sum(isinstance(m, DynamicCorrelationModule) for m in plus.modules())
+        base = base_cls(**kw).to(device)
         bp, bi = macs_split(lambda s: (torch.rand(1, 3, s, s, device=device),), base, sizes)
-        pp, pi = macs_split(
-            lambda s: (torch.rand(1, 3, s, s, device=device), torch.randn(1, d, device=device)), plus, sizes
-        )
-        pb, pplus = count_params(base), count_params(plus)
-        name_plus = plus_cls.__name__
-        rows.append([label, fmt(pb), '', fmt(bp), '', fmt(bi), ''])
-        rows.append(
-            [f'{name_plus} ({n_dcm} DCMs)', fmt(pplus), f'{pplus / pb:.2f}×', fmt(pp), f'{pp / bp:.2f}×', fmt(pi), '']
-        )
+        pb = count_params(base)
+        rows.append([label, '', fmt(pb), '', fmt(bp), '', fmt(bi), ''])
+        for bank in BANKS:
+            plus = plus_cls(prompt_dim=d, dcm=dict(bank=bank), **kw).to(device)
+            n_dcm = sum(isinstance(m, DynamicCorrelationModule) for m in plus.modules())
+            pp, pi = macs_split(
+                lambda s: (torch.rand(1, 3, s, s, device=device), torch.randn(1, d, device=device)), plus, sizes
+            )
+            pplus = count_params(plus)
+            target = PARAM_TARGETS[base_cls.__name__] if bank == 'compact' else None
+            note = '' if target is None else verdict(pplus / pb, target, quick=args.quick)
+            rows.append(
+                [
+                    f'{plus_cls.__name__} ({n_dcm} DCMs)',
+                    bank,
+                    fmt(pplus),
+                    f'{pplus / pb:.2f}×',
+                    fmt(pp),
+                    f'{pp / bp:.2f}×',
+                    fmt(pi),
+                    note,
+                ]
+            )
     print_table(
-        ['network', 'params', '÷ baseline', 'MACs / LR pixel', '÷ baseline', 'MACs / image (fixed)'],
-        [r[:-1] for r in rows],
+        [
+            'network',
+            'DCM bank',
+            'params',
+            '÷ baseline',
+            'MACs / LR pixel',
+            '÷ baseline',
+            'MACs / image (fixed)',
+            'params target',
+        ],
+        rows,
     )
 
     c = 8 if args.quick else 64
     drows = []
     for k in (1, 3):
-        dcm = DynamicCorrelationModule(c, d, kernel_size=k).to(device)
+        for bank in BANKS:
+            dcm = DynamicCorrelationModule(c, d, kernel_size=k, bank=bank).to(device)
 
-        def x_fn(s):
-            return torch.randn(1, c, s, s, device=device), torch.randn(1, d, device=device)
+            def x_fn(s):
+                return torch.randn(1, c, s, s, device=device), torch.randn(1, d, device=device)
 
-        pix, img = macs_split(x_fn, dcm, sizes)
-        lit_pix, _ = macs_split(x_fn, lambda x, p, m=dcm: m.forward_literal(x, p), sizes)
-        a_pix, a_img = dcm_analytic(c, d, k=k)
-        parts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in dcm.named_children()}
-        drows.append(
-            [
-                k,
-                fmt(count_params(dcm)),
-                fmt(dcm.weight.numel()),
-                fmt(parts['proj']),
-                fmt(parts['router']),
-                fmt(pix),
-                fmt(a_pix),
-                fmt(img),
-                fmt(a_img),
-                fmt(lit_pix),
-            ]
-        )
+            pix, img = macs_split(x_fn, dcm, sizes)
+            a_pix, a_img = dcm_analytic(c, d, k=k, bank=bank)
+            parts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in dcm.named_children()}
+            kernels = sum(p.numel() for name, p in dcm.named_parameters(recurse=False) if name != 'zeta')
+            drows.append(
+                [
+                    k,
+                    bank,
+                    fmt(count_params(dcm)),
+                    fmt(kernels),
+                    fmt(parts.get('proj', 0)),
+                    fmt(parts['router']),
+                    fmt(pix),
+                    fmt(a_pix),
+                    fmt(img),
+                    fmt(a_img),
+                ]
+            )
+        literal = DynamicCorrelationModule(c, d, kernel_size=k).to(device)
+        lit_pix, _ = macs_split(x_fn, literal.forward_literal, sizes)
+        drows.append([k, 'literal Eq. 2-4 (paper bank)', '', '', '', '', fmt(lit_pix), '', '', ''])
     print(f'### One DCM (c = {c}, d = {d}, n = 4, router hidden 128)\n')
     print_table(
         [
             'k',
+            'bank',
             'params',
-            'of which kernels n·c·d·k²',
+            'of which kernel bank and biases',
             'proj',
             'router',
             'MACs/pixel (counted)',
             'MACs/pixel (formula)',
             'MACs/image (counted)',
             'MACs/image (formula)',
-            'literal path MACs/pixel (counted)',
         ],
         drows,
     )

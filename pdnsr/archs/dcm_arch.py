@@ -339,18 +339,60 @@ class DynamicCorrelationModule(nn.Module):
         """M = sigmoid(zeta * cos(P x + b_P, p)) from c-dimensional quantities only; returns (B, 1, h, w).
 
         ``mask_maps`` comes from :meth:`_attention_maps`. Computed in float32 or wider (the Gram form cancels badly
-        in half precision) and clamped at zero, because rounding can make the expanded square slightly negative.
+        in half precision) by :class:`_FoldedMask`, whose hand-written backward keeps no (c + 2)-channel
+        intermediate.
         """
         b, c, h, w = x.shape
         maps, offset, const = mask_maps
-        wide = maps.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xf = x.to(wide).reshape(b, c, h * w)
-            y = torch.bmm(maps, xf)  # (B, c + 2, h*w)
-            sq = (xf * y[:, :c]).sum(1) + y[:, c] + const
-            cos = (y[:, c + 1] + offset) / sq.clamp_min(0).sqrt().clamp_min(_EPS)
-            mask = torch.sigmoid(self.zeta.to(wide) * cos)
+            xf = x.to(maps.dtype).reshape(b, c, h * w)
+            mask = _FoldedMask.apply(xf, maps, offset, const, self.zeta.to(maps.dtype))
         return mask.reshape(b, 1, h, w).to(x.dtype)
+
+
+class _FoldedMask(torch.autograd.Function):
+    """The attention mask from the stacked maps of :meth:`DynamicCorrelationModule._attention_maps`.
+
+    Forward, per sample and pixel (``x``: c-vector, ``G``, ``v``, ``u``: the rows of ``maps``)::
+
+        y = maps x;  sq = x . (G x) + v . x + const;  norm = max(sqrt(max(sq, 0)), eps)
+        cos = (u . x + offset) / norm;  M = sigmoid(zeta cos)
+
+    Backward (G is symmetric): with ``dsq`` and ``dnum`` the gradients of ``sq`` and of the numerator,
+    ``dx = maps^T [2 x dsq; dsq; dnum]`` and ``dmaps = [x dsq; dsq; dnum] x^T``: two batched matmuls and no saved
+    ``y``. Autograd of the same forward keeps ``y`` ((c + 2) channels) alive and zero-fills a full-size gradient for
+    each of its three slices. Tested against autograd in float64.
+    """
+
+    @staticmethod
+    def forward(ctx, x, maps, offset, const, zeta):
+        """x: (B, c, N); maps: (B, c + 2, c); offset: (B, 1); const, zeta: (); returns M: (B, N)."""
+        c = x.shape[1]
+        y = torch.bmm(maps, x)
+        sq = (x * y[:, :c]).sum(1).add_(y[:, c]).add_(const)
+        norm = sq.clamp_min(0).sqrt_().clamp_min_(_EPS)
+        cos = (y[:, c + 1] + offset).div_(norm)
+        mask = torch.sigmoid(zeta * cos)
+        ctx.save_for_backward(x, maps, zeta, cos, norm, mask)
+        return mask
+
+    @staticmethod
+    def backward(ctx, grad_mask):
+        x, maps, zeta, cos, norm, mask = ctx.saved_tensors
+        dz = grad_mask * mask * (1 - mask)  # d/d(zeta cos)
+        dzeta = (dz * cos).sum() if ctx.needs_input_grad[4] else None
+        dnum = dz * zeta / norm
+        # d norm / d sq = 1 / (2 norm) where the clamps let sq through, else 0.
+        dsq = torch.where(norm > _EPS, -dnum * cos / (2 * norm), torch.zeros_like(norm))
+        stacked = torch.cat([x * (2 * dsq).unsqueeze(1), dsq.unsqueeze(1), dnum.unsqueeze(1)], 1)  # (B, c + 2, N)
+        dx = torch.bmm(maps.transpose(1, 2), stacked) if ctx.needs_input_grad[0] else None
+        dmaps = None
+        if ctx.needs_input_grad[1]:
+            dmaps = torch.bmm(stacked, x.transpose(1, 2))
+            dmaps[:, : x.shape[1]] *= 0.5  # the G rows: d(x . G x) / dG = x x^T (the 2 above was for dx)
+        doffset = dnum.sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
+        dconst = dsq.sum() if ctx.needs_input_grad[3] else None
+        return dx, dmaps, doffset, dconst, dzeta
 
 
 def dcm_modules(net):
