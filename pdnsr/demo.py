@@ -1,17 +1,22 @@
-"""The demo: train a small EDSR+ and the same EDSR without prompts on scikit-image's photos, then compare them.
+"""The demo: train EDSR and EDSR+ on photos whose LR versions carry different blurs, with captions that say which.
 
     python scripts/demo.py                      # about 3 minutes on 2 CPU cores; writes demo_output/
     python scripts/demo.py --quick              # a smoke run of a few tens of iterations (the test suite's)
     python scripts/demo.py --clip-pretrained /path/to/open_clip_model.bin   # real CLIP weights
 
 Nothing is downloaded. The training photos are the colour photos bundled with scikit-image
-(:func:`pdnsr.utils.sample_data.sample_photos`) with the captions of ``SAMPLE_CAPTIONS`` as text prompts; one photo
-(``chelsea``, the cat) is held back and super-resolved at the end. The run goes through the real stack: a prompt
-LMDB built by :func:`pdnsr.prompts.build.build_prompt_store`, basicsr option files, ``pdnsr/train.py`` in
-subprocesses, and :mod:`pdnsr.inference`. See docs/demo.md.
+(:func:`pdnsr.utils.sample_data.sample_photos`), cut into tiles; each tile's LR image is made with one of two blurs
+(Gaussian sigma 0.4 or 2.0 before MATLAB bicubic x2) and captioned "a sharp photo" or "a blurry photo"
+(:mod:`pdnsr.data.captioned_degradations`, shared with ``benchmarks/bench_prompt_information.py``). The caption
+carries what the LR image hides -- how much to sharpen -- so EDSR+ can learn to read it, while EDSR has to guess.
+One photo (``chelsea``, the cat) is held back and super-resolved under each blur with the right and the wrong
+caption. The run goes through the real stack: a prompt LMDB built by
+:func:`pdnsr.prompts.build.build_prompt_store`, basicsr option files from :mod:`pdnsr.options`,
+``pdnsr/train.py`` in subprocesses, and :mod:`pdnsr.inference`. See docs/demo.md.
 
-Unless ``--clip-pretrained`` names real weights, CLIP runs with random weights: each caption then maps to a fixed
-but meaningless vector, and a difference between EDSR+ and EDSR says nothing about prompt guidance.
+CLIP runs with random weights unless ``--clip-pretrained`` names real ones: each caption is then a fixed vector that
+means nothing to CLIP, but training ties it to one blur. With real weights, content captions ("a ginger cat")
+work through the same path (the paper's setting).
 """
 
 import argparse
@@ -27,10 +32,18 @@ import warnings
 import cv2
 import numpy as np
 import torch
-import yaml
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 
+from pdnsr import options as opts
+from pdnsr.cli import UserError, run_main
+from pdnsr.data.captioned_degradations import (
+    assign_degradations,
+    captions_of,
+    get_degradations,
+    swapped,
+    write_degraded_pair,
+)
 from pdnsr.inference import (
     build_network_from_options,
     image_to_tensor,
@@ -41,25 +54,26 @@ from pdnsr.inference import (
 )
 from pdnsr.prompts.build import build_prompt_store, read_rgb
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
-from pdnsr.utils.sample_data import SAMPLE_CAPTIONS, sample_photos, write_pairs
+from pdnsr.utils.sample_data import sample_photos
 from pdnsr.utils.visualization import overlay_heatmap
 
 HOLDOUT = 'chelsea'  # the cat: no other photo shows an animal, so nothing of it is seen in training
-UNRELATED_CAPTION = 'a red double-decker bus driving down a busy city street in the rain'
 SCALE = 2
+DEGRADATIONS = get_degradations('blur')  # sharp (sigma 0.4) and blurry (sigma 2.0), captions naming them
 
 # Both networks train with one recipe; only the network type and the dataset type (prompts or not) differ.
 # The default was timed on a 2-core CPU shared with other jobs (docs/demo.md); 'quick' is for the test suite.
 RECIPES = {
     'default': dict(
         num_feat=32,
-        num_block=8,
+        num_block=4,
         gt_size=48,
-        batch_size=8,
-        iters=300,
+        batch_size=16,
+        iters=600,
         lr=1e-3,
         ema_decay=0.9,
-        train_crop=320,
+        train_crop=400,
+        tile=80,
         warmup_iter=60,
     ),
     'quick': dict(
@@ -71,11 +85,19 @@ RECIPES = {
         lr=1e-3,
         ema_decay=0.9,
         train_crop=128,
+        tile=64,
         warmup_iter=4,
     ),
 }
 NETWORKS = {'baseline': 'EDSR', 'plus': 'EDSRPlus'}
 LABELS = {'baseline': 'EDSR', 'plus': 'EDSR+'}
+# The four methods of the table and of comparison.png, in order.
+METHODS = (
+    ('bicubic', 'bicubic'),
+    ('baseline', 'EDSR (no prompt)'),
+    ('right', 'EDSR+ right caption'),
+    ('wrong', 'EDSR+ wrong caption'),
+)
 
 # Picture layout: panels of CROP HR pixels shown ZOOM times larger (nearest neighbour keeps pixels visible), a
 # label strip above each, GAP pixels between them.
@@ -88,7 +110,7 @@ _LOG_LINE = re.compile(r'iter:\s*([\d,]+).*?\[eta: ([^,\]]+)')
 _LOG_VALUE = re.compile(r'(l_pix|temperature): ([-+0-9.e]+)')
 
 
-class DemoError(Exception):
+class DemoError(UserError):
     """A problem the user can fix (bad option, unloadable CLIP weights): reported as one line, exit status 2."""
 
 
@@ -101,8 +123,9 @@ class TrainingFailed(Exception):
 def build_parser(prog='pdnsr-demo'):
     parser = argparse.ArgumentParser(
         prog=prog,
-        description='Train a small EDSR+ (prompt-guided) and EDSR (no prompt) on the photos bundled with '
-        'scikit-image, super-resolve a held-out photo with both, and compare them. CPU only, nothing downloaded.',
+        description='Train EDSR (no prompt) and EDSR+ (prompt-guided) on photos whose LR versions carry one of two '
+        'blurs, with captions naming the blur; super-resolve a held-out photo under each blur with the right and '
+        'the wrong caption. CPU only, nothing downloaded.',
     )
     parser.add_argument('--output', default='demo_output', help='output folder (default demo_output)')
     parser.add_argument('--quick', action='store_true', help='tiny networks, tens of iterations: a smoke test')
@@ -113,21 +136,28 @@ def build_parser(prog='pdnsr-demo'):
         '--clip-pretrained',
         default='none',
         help="open_clip pretrained tag or local checkpoint file; default 'none' = random weights (nothing to "
-        'download, but the prompts carry no meaning)',
+        'download; the captions still work here, because they name the blur and training ties each to it)',
     )
     return parser
 
 
 def banner(random_clip, clip_model, clip_pretrained):
-    """The lines printed first and repeated under the table: what the prompts are worth in this run."""
+    """The lines printed first and repeated under the table: what the captions carry in this run."""
+    kinds = '; '.join(f'"{d.caption}" = {d.describe()}' for d in DEGRADATIONS)
+    lines = [
+        f'WHAT THE CAPTIONS CARRY: each LR image was made with one of two blurs before bicubic x{SCALE}, and its',
+        f'caption names the blur, not the content ({kinds}).',
+        'EDSR+ reads the caption; EDSR sees only the image and has to guess how much to sharpen.',
+    ]
     if random_clip:
-        return [
-            f'NOTE: CLIP ({clip_model}) runs with RANDOM weights (--clip-pretrained none, the default).',
-            'Each caption becomes a fixed but meaningless vector, so a gain or a loss of EDSR+',
-            'over EDSR is not evidence either way. Pass --clip-pretrained with an open_clip tag or',
-            'a local checkpoint file for prompts that mean something.',
+        lines += [
+            f'CLIP ({clip_model}) runs with RANDOM weights (--clip-pretrained none, the default): each caption is a',
+            'fixed vector that means nothing to CLIP, and training ties it to its blur. With real CLIP weights',
+            '(--clip-pretrained), content captions ("a ginger cat") work through this same path: the paper\'s setting.',
         ]
-    return [f'CLIP ({clip_model}) runs with pretrained weights {clip_pretrained!r}.']
+    else:
+        lines.append(f'CLIP ({clip_model}) runs with pretrained weights {clip_pretrained!r}.')
+    return lines
 
 
 def stage(step, total, text):
@@ -136,14 +166,42 @@ def stage(step, total, text):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # data, prompts and options
-def prepare_data(data_dir, recipe):
-    """Write the training pairs (every photo but ``HOLDOUT``) and the test pair; returns their folders."""
+def tiles(img, size):
+    """Non-overlapping ``size`` x ``size`` tiles of ``img`` in row order."""
+    return [
+        img[top : top + size, left : left + size]
+        for top in range(0, img.shape[0] - size + 1, size)
+        for left in range(0, img.shape[1] - size + 1, size)
+    ]
+
+
+def prepare_data(data_dir, recipe, seed):
+    """Write the training tiles (every photo but ``HOLDOUT``, one blur per tile) and the held-out photo under each
+    blur. Returns the folders, the training assignment ``{key: Degradation}`` and the training photo names."""
     photos = sample_photos()
-    test = {HOLDOUT: photos.pop(HOLDOUT)}
-    # A centre crop keeps the largest photos (retina is 1411 px square) from dominating PNG decoding time.
-    train_hr, train_lr = write_pairs(photos, os.path.join(data_dir, 'train'), SCALE, crop=recipe['train_crop'])
-    test_hr, test_lr = write_pairs(test, os.path.join(data_dir, 'test'), SCALE)
-    return dict(train_hr=train_hr, train_lr=train_lr, test_hr=test_hr, test_lr=test_lr, train_keys=sorted(photos))
+    test = photos.pop(HOLDOUT)
+    train_hr, train_lr = os.path.join(data_dir, 'train', 'HR'), os.path.join(data_dir, 'train', f'LRx{SCALE}')
+    for folder in (train_hr, train_lr):
+        os.makedirs(folder, exist_ok=True)
+    crops = {}
+    for name, rgb in sorted(photos.items()):
+        # A centre crop keeps the largest photos (retina is 1411 px square) from dominating the tiles.
+        size = recipe['train_crop']
+        top, left = max(0, (rgb.shape[0] - size) // 2), max(0, (rgb.shape[1] - size) // 2)
+        bgr = np.ascontiguousarray(rgb[top : top + size, left : left + size, ::-1])
+        for index, tile in enumerate(tiles(bgr, recipe['tile']), 1):
+            crops[f'{name}_s{index:03d}'] = tile
+    assignment = assign_degradations(crops, DEGRADATIONS, seed=seed)
+    for key, tile in crops.items():
+        write_degraded_pair(tile, assignment[key], SCALE, key, train_hr, train_lr)
+    tests = {}
+    for deg in DEGRADATIONS:
+        hr_dir, lr_dir = os.path.join(data_dir, 'test', deg.name, 'HR'), os.path.join(data_dir, 'test', deg.name, 'LR')
+        os.makedirs(hr_dir, exist_ok=True)
+        os.makedirs(lr_dir, exist_ok=True)
+        write_degraded_pair(np.ascontiguousarray(test[..., ::-1]), deg, SCALE, HOLDOUT, hr_dir, lr_dir)
+        tests[deg.name] = dict(hr=os.path.join(hr_dir, f'{HOLDOUT}.png'), lr=os.path.join(lr_dir, f'{HOLDOUT}.png'))
+    return dict(train_hr=train_hr, train_lr=train_lr, tests=tests, photos=sorted(photos)), assignment
 
 
 def make_encoder(clip_model, clip_pretrained, seed):
@@ -158,62 +216,45 @@ def make_encoder(clip_model, clip_pretrained, seed):
         raise DemoError(' '.join(str(err).split())) from err
 
 
-def make_options(kind, data, store, recipe, iters, seed, prompt_dim):
-    """basicsr option dict of one demo run: ``kind`` is 'baseline' (EDSR) or 'plus' (EDSR+)."""
-    plus = kind == 'plus'
-    dataset = dict(
-        name='skimage_photos',
-        type='PromptPairedImageDataset' if plus else 'PairedImageDataset',
-        dataroot_gt=data['train_hr'],
-        dataroot_lq=data['train_lr'],
-        io_backend=dict(type='disk'),
-        gt_size=recipe['gt_size'],
-        use_hflip=True,
-        use_rot=True,
-        num_worker_per_gpu=0,
-        batch_size_per_gpu=recipe['batch_size'],
-        # Seven photos are fewer than a batch, and basicsr drops the last incomplete batch: repeat the list.
-        dataset_enlarge_ratio=8,
-        prefetch_mode=None,
+def make_options(kind, data, store, recipe, iters, seed, prompt_dim, n_train):
+    """basicsr option dict of one demo run (:mod:`pdnsr.options`): ``kind`` is 'baseline' (EDSR) or 'plus'."""
+    net_type = NETWORKS[kind]
+    prompted = kind == 'plus'
+    network_g = opts.network(
+        net_type, SCALE, prompt_dim=prompt_dim, num_feat=recipe['num_feat'], num_block=recipe['num_block']
     )
-    if plus:
-        dataset['dataroot_prompt'] = store
-    network = dict(
-        type=NETWORKS[kind], num_in_ch=3, num_out_ch=3, num_feat=recipe['num_feat'], num_block=recipe['num_block'],
-        upscale=SCALE,
-    )  # fmt: skip
-    if plus:
-        network['prompt_dim'] = prompt_dim
-    epochs = iters / max(1, (len(data['train_keys']) * dataset['dataset_enlarge_ratio']) // recipe['batch_size'])
-    return dict(
-        name=f'demo_{kind}',
-        model_type='PDNModel',
-        scale=SCALE,
-        num_gpu=0,
-        manual_seed=seed,
-        datasets=dict(train=dataset),
-        network_g=network,
-        path=dict(pretrain_network_g=None, strict_load_g=True, resume_state=None),
-        train=dict(
-            ema_decay=recipe['ema_decay'],
-            optim_g=dict(type='Adam', lr=recipe['lr'], betas=[0.9, 0.999]),
-            scheduler=dict(type='CosineAnnealingRestartLR', periods=[iters], restart_weights=[1], eta_min=1e-6),
-            total_iter=iters,
-            # A linear warm-up: at this learning rate the DCMs' 512-wide kernel banks destabilise early training
-            # without it (measured: EDSR+ 1.2 dB below EDSR after 300 iterations without, on par with it).
-            warmup_iter=recipe['warmup_iter'],
-            pixel_opt=dict(type='L1Loss', loss_weight=1.0, reduction='mean'),
-            # The paper's 34 -> 1 in steps of 3, squeezed into the first ~2/3 of this short run (11 steps). It
-            # only touches networks with DCMs, so the baseline's identical entry is inert.
-            temperature=dict(init=34, step=3, every_epochs=max(1, int(epochs * 2 / 3 / 11)), min=1),
-        ),
-        logger=dict(print_freq=max(1, iters // 10), save_checkpoint_freq=10**9, use_tb_logger=False),
+    # A few dozen tiles are fewer than some batches; basicsr drops the last incomplete batch: repeat the list.
+    enlarge = max(1, -(-2 * recipe['batch_size'] // n_train))
+    train_set = opts.train_dataset(
+        'skimage_tiles',
+        data['train_hr'],
+        data['train_lr'],
+        recipe['gt_size'],
+        recipe['batch_size'],
+        prompts=store,
+        prompted=prompted,
+        enlarge=enlarge,
     )
-
-
-def write_yaml(opt, path):
-    with open(path, 'w', encoding='utf-8') as f:
-        yaml.safe_dump(opt, f, sort_keys=False)
+    epochs = iters / max(1, (n_train * enlarge) // recipe['batch_size'])
+    return opts.train_options(
+        f'demo_{kind}',
+        network_g,
+        train_set,
+        SCALE,
+        iters,
+        recipe['lr'],
+        seed=seed,
+        # A linear warm-up: at this learning rate the DCMs' 512-wide kernel banks destabilise early training
+        # without it (docs/demo.md).
+        warmup_iter=recipe['warmup_iter'],
+        ema_decay=recipe['ema_decay'],
+        eta_min=1e-6,
+        # The paper's 34 -> 1 in steps of 3, squeezed into the first ~2/3 of this short run (11 steps). It only
+        # touches networks with DCMs: the baseline's file has no temperature entry.
+        temperature=dict(init=34, step=3, every_epochs=max(1, int(epochs * 2 / 3 / 11)), min=1),
+        print_freq=max(1, iters // 10),
+        checkpoint_freq=10**9,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -338,35 +379,8 @@ def layout_size(panel_h, panel_w, cols, rows=1):
     return rows * (panel_h + LABEL_H) + (rows - 1) * GAP, cols * panel_w + (cols - 1) * GAP
 
 
-def comparison_picture(images, scores, size):
-    """The ``comparison.png`` row: LR (nearest), bicubic, EDSR, EDSR+, HR, cropped where bicubic errs most.
-
-    Args:
-        images (dict[str, np.ndarray]): uint8 BGR 'lr' (LR size) and 'bicubic', 'baseline', 'plus', 'hr' (HR size).
-        scores (dict[str, tuple[float, float]]): (PSNR, SSIM) of the whole image per key.
-        size (int): crop side in HR pixels.
-    """
-    top, left = worst_window(images['bicubic'], images['hr'], size)
-    lr_up = cv2.resize(images['lr'], None, fx=SCALE, fy=SCALE, interpolation=cv2.INTER_NEAREST)
-    names = [
-        ('lr', f'LR x{SCALE} (nearest)', lr_up),
-        ('bicubic', 'bicubic', images['bicubic']),
-        ('baseline', LABELS['baseline'], images['baseline']),
-        ('plus', LABELS['plus'], images['plus']),
-        ('hr', 'HR', images['hr']),
-    ]
-    panels = []
-    for key, title, img in names:
-        crop = img[top : top + size, left : left + size]
-        crop = cv2.resize(crop, None, fx=ZOOM, fy=ZOOM, interpolation=cv2.INTER_NEAREST)
-        text = f'{title} {scores[key][0]:.2f} dB' if key in scores else title
-        panels.append(labelled(crop, text))
-    return side_by_side(panels), (top, left)
-
-
-def attention_picture(overlays):
-    """2 x 2 grid: rows = prompts, columns = DCMs; ``overlays`` is ``[[(label, image), ...], ...]`` by row."""
-    rows = [side_by_side([labelled(img, text) for text, img in row]) for row in overlays]
+def stack_rows(rows):
+    """Rows of panels (arrays of one width) stacked top to bottom, ``GAP`` white pixels apart."""
     gap = np.full((GAP, rows[0].shape[1], 3), 255, np.uint8)
     out = []
     for i, row in enumerate(rows):
@@ -374,10 +388,41 @@ def attention_picture(overlays):
     return np.concatenate(out, axis=0)
 
 
-def markdown_table(rows, caption):
-    """The result table: ``rows`` of (method, PSNR, SSIM), then the caption as an italic paragraph."""
-    lines = ['| method | PSNR (dB) | SSIM |', '|---|---:|---:|']
-    lines += [f'| {name} | {psnr:.2f} | {ssim:.4f} |' for name, psnr, ssim in rows]
+def comparison_picture(images, scores, window):
+    """``comparison.png``: one row per blur of the held-out photo: bicubic, EDSR, EDSR+ with the right caption,
+    EDSR+ with the wrong caption, HR, cropped to ``window`` (top, left, size) and shown ``ZOOM`` times larger.
+
+    Args:
+        images (dict[str, dict[str, np.ndarray]]): per blur name, uint8 BGR HR-size images keyed by METHODS and 'hr'.
+        scores (dict[str, dict[str, tuple[float, float]]]): per blur name, (PSNR, SSIM) of each method.
+    """
+    top, left, size = window
+    rows = []
+    for deg in DEGRADATIONS:
+        panels = []
+        for key, title in (*METHODS, ('hr', 'HR')):
+            crop = images[deg.name][key][top : top + size, left : left + size]
+            crop = cv2.resize(crop, None, fx=ZOOM, fy=ZOOM, interpolation=cv2.INTER_NEAREST)
+            text = f'{deg.name}: {title}'
+            if key in scores[deg.name]:
+                text += f' {scores[deg.name][key][0]:.2f}'
+            panels.append(labelled(crop, text))
+        rows.append(side_by_side(panels))
+    return stack_rows(rows)
+
+
+def attention_picture(overlays):
+    """Grid of labelled overlays: ``overlays`` is ``[[(label, image), ...], ...]`` by row."""
+    return stack_rows([side_by_side([labelled(img, text) for text, img in row]) for row in overlays])
+
+
+def markdown_table(scores, caption):
+    """The result table: one row per method, PSNR / SSIM per blur, then the caption as a paragraph."""
+    head = ' | '.join(f'{d.name} (σ {d.sigma:g}) PSNR | SSIM' for d in DEGRADATIONS)
+    lines = [f'| method | {head} |', '|---' + '|---:|---:' * len(DEGRADATIONS) + '|']
+    for key, title in METHODS:
+        cells = ' | '.join(f'{scores[d.name][key][0]:.2f} | {scores[d.name][key][1]:.4f}' for d in DEGRADATIONS)
+        lines.append(f'| {title} | {cells} |')
     return '\n'.join(lines) + '\n\n' + caption
 
 
@@ -403,20 +448,20 @@ def run(args):
     for sub in ('data', 'options', 'experiments/demo_baseline', 'experiments/demo_plus'):
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
 
-    stage(1, total, f'encoding captions with CLIP {args.clip_model} (pretrained={args.clip_pretrained})')
+    stage(1, total, f'blurring training tiles and encoding their captions with CLIP {args.clip_model} '
+          f'(pretrained={args.clip_pretrained})')  # fmt: skip
     encoder = make_encoder(args.clip_model, args.clip_pretrained, args.seed)
-    data = prepare_data(os.path.join(out, 'data'), recipe)
+    data, assignment = prepare_data(os.path.join(out, 'data'), recipe, args.seed)
     store = os.path.join(out, 'data', 'prompts_text.lmdb')
-    build_prompt_store(
-        'text', store, encoder, captions={k: SAMPLE_CAPTIONS[k] for k in data['train_keys']}, progress=False
-    )
-    true_caption = SAMPLE_CAPTIONS[HOLDOUT][0]
-    test_prompts = {'true': encoder.encode_text([true_caption]), 'unrelated': encoder.encode_text([UNRELATED_CAPTION])}
+    build_prompt_store('text', store, encoder, captions=captions_of(assignment), progress=False)
+    prompts = {d.name: encoder.encode_text([d.caption]) for d in DEGRADATIONS}
     prompt_dim = encoder.embed_dim
     del encoder  # ~600 MB of CLIP weights are not needed during training
+    counts = ', '.join(f'{sum(v is d for v in assignment.values())} {d.name}' for d in DEGRADATIONS)
     print(
-        f'    {len(data["train_keys"])} training photos ({", ".join(data["train_keys"])}), held out: {HOLDOUT}; '
-        f'prompt store {os.path.join(args.output, "data", "prompts_text.lmdb")}',
+        f'    {len(assignment)} training tiles of {recipe["tile"]} px ({counts}) from {len(data["photos"])} photos '
+        f'({", ".join(data["photos"])}); held out: {HOLDOUT}; prompt store '
+        f'{os.path.join(args.output, "data", "prompts_text.lmdb")}',
         flush=True,
     )
 
@@ -424,75 +469,84 @@ def run(args):
     os.makedirs(os.path.join(out, 'options'), exist_ok=True)
     runs = []
     for kind in ('baseline', 'plus'):
-        opt_path = os.path.join(out, 'options', f'train_demo_{kind}.yml')
-        write_yaml(make_options(kind, data, store, recipe, iters, args.seed, prompt_dim), opt_path)
-        runs.append((LABELS[kind], opt_path))
+        opt = make_options(kind, data, store, recipe, iters, args.seed, prompt_dim, len(assignment))
+        runs.append((LABELS[kind], opts.write_options(opt, os.path.join(out, 'options', f'train_demo_{kind}.yml'))))
     print(f'    option files in {os.path.join(args.output, "options")}', flush=True)
     t_train = time.time()
     train_all(runs, out, iters)
     t_train = time.time() - t_train
 
-    stage(3, total, f'super-resolving the held-out photo {HOLDOUT!r} x{SCALE}')
+    stage(3, total, f'super-resolving the held-out photo {HOLDOUT!r} x{SCALE} under each blur')
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    hr = cv2.imread(os.path.join(data['test_hr'], f'{HOLDOUT}.png'), cv2.IMREAD_COLOR)
-    lr_rgb = read_rgb(os.path.join(data['test_lr'], f'{HOLDOUT}.png'))
-    lq = image_to_tensor(lr_rgb, 'cpu')
     baseline = load_network(runs[0][1], out, 'demo_baseline')
     plus = load_network(runs[1][1], out, 'demo_plus')
-    images = {'lr': lr_rgb[..., ::-1].copy(), 'hr': hr, 'bicubic': bicubic_up(lr_rgb[..., ::-1])}
-    images['baseline'] = tensor_to_bgr(super_resolve(baseline, lq, scale=SCALE))
-    sr, masks = {}, {}
-    for which, prompt in test_prompts.items():
-        result, masks[which] = super_resolve(plus, lq, prompt, keep_attention=True, scale=SCALE)
-        sr[which] = tensor_to_bgr(result)
-    images['plus'] = sr['true']
-    scores = {key: metrics(images[key], hr) for key in ('bicubic', 'baseline', 'plus')}
-    scores['plus_unrelated'] = metrics(sr['unrelated'], hr)
-    for key in ('baseline', 'plus'):
-        write_png(os.path.join(out, f'{HOLDOUT}_x{SCALE}_{key}.png'), images[key])
+    images, scores, masks = {}, {}, {}
+    for deg in DEGRADATIONS:
+        hr = cv2.imread(data['tests'][deg.name]['hr'], cv2.IMREAD_COLOR)
+        lr_rgb = read_rgb(data['tests'][deg.name]['lr'])
+        lq = image_to_tensor(lr_rgb, 'cpu')
+        imgs = {
+            'hr': hr,
+            'bicubic': bicubic_up(lr_rgb[..., ::-1]),
+            'baseline': tensor_to_bgr(super_resolve(baseline, lq, scale=SCALE)),
+        }
+        masks[deg.name] = {}
+        for which, prompt in (('right', prompts[deg.name]), ('wrong', prompts[swapped(DEGRADATIONS, deg).name])):
+            result, masks[deg.name][which] = super_resolve(plus, lq, prompt, keep_attention=True, scale=SCALE)
+            imgs[which] = tensor_to_bgr(result)
+        images[deg.name] = imgs
+        scores[deg.name] = {key: metrics(imgs[key], hr) for key, _ in METHODS}
+        for key in ('baseline', 'right', 'wrong'):
+            write_png(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{key}.png'), imgs[key])
 
-    stage(4, total, 'writing comparison.png and attention maps')
+    stage(4, total, 'writing comparison.png and attention.png')
+    hr = images[DEGRADATIONS[-1].name]['hr']
     size = min(CROP, hr.shape[0], hr.shape[1])
-    picture, (top, left) = comparison_picture(images, scores, size)
-    write_png(os.path.join(out, 'comparison.png'), picture)
-    dcm_ids = sorted(masks['true'])
+    # One window for every row: where bicubic errs most on the most degraded input.
+    top, left = worst_window(images[DEGRADATIONS[-1].name]['bicubic'], hr, size)
+    write_png(os.path.join(out, 'comparison.png'), comparison_picture(images, scores, (top, left, size)))
+    dcm_ids = sorted(masks[DEGRADATIONS[0].name]['right'])
     first, last = dcm_ids[0], dcm_ids[-1]
     grid, spread = [], []
-    for which in ('true', 'unrelated'):
+    for deg in DEGRADATIONS:
         row = []
         for i in (first, last):
-            overlay = overlay_heatmap(sr[which], masks[which][i][0, 0])
-            write_png(os.path.join(out, f'attention_dcm{i}_{which}.png'), overlay)
-            row.append((f'DCM {i}, {which} caption', overlay))
+            for which in ('right', 'wrong'):
+                overlay = overlay_heatmap(images[deg.name][which], masks[deg.name][which][i][0, 0])
+                write_png(os.path.join(out, f'attention_{deg.name}_dcm{i}_{which}.png'), overlay)
+                row.append((f'{deg.name} input, DCM {i}, {which} caption', overlay))
+            a, b = masks[deg.name]['right'][i], masks[deg.name]['wrong'][i]
+            spread.append(
+                f'{deg.name} input, DCM {i}: mean mask {a.mean():.3f} (right) / {b.mean():.3f} (wrong), '
+                f'mean |difference| {(a - b).abs().mean():.3f}'
+            )
         grid.append(row)
     write_png(os.path.join(out, 'attention.png'), attention_picture(grid))
-    for i in (first, last):
-        a, b = masks['true'][i], masks['unrelated'][i]
-        spread.append(f'DCM {i}: mean {a.mean():.3f} / {b.mean():.3f}, mean |difference| {(a - b).abs().mean():.4f}')
-    print(f'    crop at (top {top}, left {left}), {size} px; attention true / unrelated caption:', flush=True)
+    print(f'    comparison crop at (top {top}, left {left}), {size} px; attention masks, right / wrong caption:')
     for line in spread:
         print(f'      {line}', flush=True)
 
     stage(5, total, 'results')
-    rows = [
-        ('bicubic', *scores['bicubic']),
-        (f'{LABELS["baseline"]} (baseline, no prompt)', *scores['baseline']),
-        (f'{LABELS["plus"]} (true caption)', *scores['plus']),
-        (f'{LABELS["plus"]} (unrelated caption)', *scores['plus_unrelated']),
-    ]
-    caption = (
-        f'x{SCALE} SR of the held-out photo `{HOLDOUT}` ({hr.shape[1]}x{hr.shape[0]}), PSNR/SSIM on the Y channel with '
-        f'{SCALE} border pixels cropped, after {iters} iterations on {len(data["train_keys"])} photos '
-        f'({recipe["num_block"]} blocks, {recipe["num_feat"]} features, seed {args.seed}). True caption: '
-        f'"{true_caption}"; unrelated caption: "{UNRELATED_CAPTION}".\n\n' + ' '.join(notice)
+    captions = '; '.join(
+        f'{d.name}: {d.describe()}, right caption "{d.caption}", wrong caption "{swapped(DEGRADATIONS, d).caption}"'
+        for d in DEGRADATIONS
     )
-    table = markdown_table(rows, caption)
+    caption = (
+        f'x{SCALE} SR of the held-out photo `{HOLDOUT}` ({hr.shape[1]}x{hr.shape[0]}) under each blur, PSNR (dB) / '
+        f'SSIM on the Y channel with {SCALE} border pixels cropped, after {iters} iterations on '
+        f'{len(assignment)} tiles of {len(data["photos"])} photos ({recipe["num_block"]} blocks, '
+        f'{recipe["num_feat"]} features, seed {args.seed}). {captions}.\n\n' + ' '.join(notice)
+    )
+    table = markdown_table(scores, caption)
     print(table, flush=True)
-    with open(os.path.join(out, 'results.md'), 'w', encoding='utf-8') as f:
+    tmp = os.path.join(out, 'results.md.tmp')
+    with open(tmp, 'w', encoding='utf-8') as f:
         f.write(table + '\n')
+    os.replace(tmp, os.path.join(out, 'results.md'))
     print(
-        f'\nOutputs in {args.output}/: comparison.png, attention.png (+ one file per DCM and caption), results.md, '
-        f'SR images, option files, experiments/. Training {t_train:.0f} s, total {time.time() - t_start:.0f} s.',
+        f'\nOutputs in {args.output}/: comparison.png, attention.png (+ one file per blur, DCM and caption), '
+        f'results.md, SR images, option files, experiments/. Training {t_train:.0f} s, total '
+        f'{time.time() - t_start:.0f} s.',
         flush=True,
     )
     return 0
@@ -501,18 +555,17 @@ def run(args):
 def main(argv=None, prog=None):
     """Entry point of ``scripts/demo.py`` / ``pdnsr-demo``; returns the exit status.
 
-    0: done; 1: a training run failed (its log's tail is printed); 2: a user error, one line on stderr.
+    0: done; 1: a training run failed (its log's tail is printed); 2: a user error, one line on stderr
+    (:func:`pdnsr.cli.run_main`).
     """
     prog = prog or 'pdnsr-demo'
-    try:
+
+    def body():
         args = build_parser(prog).parse_args(argv)
-    except SystemExit as err:  # argparse has printed the usage line
-        return int(err.code or 0)
-    try:
-        return run(args)
-    except DemoError as err:
-        print(f'{prog}: error: {err}', file=sys.stderr)
-        return 2
-    except TrainingFailed as err:
-        print(f'{prog}: {err}', file=sys.stderr)
-        return 1
+        try:
+            return run(args)
+        except TrainingFailed as err:
+            print(f'{prog}: {err}', file=sys.stderr)
+            return 1
+
+    return run_main(body, prog)

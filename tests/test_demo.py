@@ -28,48 +28,58 @@ def test_quick_demo_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout
 
-    # The random-weights notice comes first and again under the table.
-    assert log.startswith('NOTE: CLIP (ViT-B-32) runs with RANDOM weights')
-    assert ' '.join(log.split()).count('is not evidence either way') == 2
+    # What the captions carry comes first, and again under the table.
+    assert log.startswith('WHAT THE CAPTIONS CARRY')
+    assert ' '.join(log.split()).count("work through this same path: the paper's setting") == 2
     for step in range(1, 6):
         assert f'[{step}/5]' in log
     assert re.search(r'EDSR\+ +iter +20/20 +l_pix \d', log), 'training progress was not summarised'
 
-    number = r'\| (\d+\.\d{2}) \| (\d\.\d{4}) \|'
+    # One row per method, PSNR and SSIM for each blur.
+    number = r' \| (\d+\.\d{2}) \| (\d\.\d{4})'
     rows = {}
-    for name, pattern in (
-        ('bicubic', r'\| bicubic '),
-        ('baseline', r'\| EDSR \(baseline, no prompt\) '),
-        ('plus', r'\| EDSR\+ \(true caption\) '),
-        ('plus_unrelated', r'\| EDSR\+ \(unrelated caption\) '),
-    ):
-        match = re.search(f'^{pattern}{number}$', log, re.MULTILINE)
-        assert match, f'no table row for {name}:\n{log[-2000:]}'
-        rows[name] = tuple(float(v) for v in match.groups())
-    assert 20 < rows['bicubic'][0] < 60 and 0 < rows['bicubic'][1] <= 1
-    assert (out / 'results.md').read_text().startswith('| method | PSNR (dB) | SSIM |')
+    for key, title in demo.METHODS:
+        match = re.search(f'^\\| {re.escape(title)}{number * len(demo.DEGRADATIONS)} \\|$', log, re.MULTILINE)
+        assert match, f'no table row for {title}:\n{log[-2500:]}'
+        rows[key] = tuple(float(v) for v in match.groups())
+    assert all(20 < psnr < 60 for psnr in rows['bicubic'][::2]) and all(0 < q <= 1 for q in rows['bicubic'][1::2])
+    # The blurrier input is harder for bicubic.
+    assert rows['bicubic'][0] > rows['bicubic'][2]
+    assert (out / 'results.md').read_text().startswith('| method | sharp (σ 0.4) PSNR | SSIM |')
     assert (out / 'keep.txt').exists()
 
-    hr = cv2.imread(str(out / 'data' / 'test' / 'HR' / f'{demo.HOLDOUT}.png'))
+    hr = cv2.imread(str(out / 'data' / 'test' / 'sharp' / 'HR' / f'{demo.HOLDOUT}.png'))
     assert hr is not None
     side = demo.CROP * demo.ZOOM
     comparison = cv2.imread(str(out / 'comparison.png'))
-    assert comparison is not None and comparison.shape == (*demo.layout_size(side, side, cols=5), 3)
+    n_deg = len(demo.DEGRADATIONS)
+    assert comparison is not None
+    assert comparison.shape == (*demo.layout_size(side, side, cols=len(demo.METHODS) + 1, rows=n_deg), 3)
     attention = cv2.imread(str(out / 'attention.png'))
     assert attention is not None
-    assert attention.shape == (*demo.layout_size(hr.shape[0], hr.shape[1], cols=2, rows=2), 3)
+    assert attention.shape == (*demo.layout_size(hr.shape[0], hr.shape[1], cols=4, rows=n_deg), 3)
     last = demo.RECIPES['quick']['num_block'] - 1  # one DCM per residual block
-    for name in (f'attention_dcm{i}_{which}.png' for i in (0, last) for which in ('true', 'unrelated')):
-        picture = cv2.imread(str(out / name))
-        assert picture is not None and picture.shape == hr.shape, name
+    for deg in demo.DEGRADATIONS:
+        for name in (f'attention_{deg.name}_dcm{i}_{which}.png' for i in (0, last) for which in ('right', 'wrong')):
+            picture = cv2.imread(str(out / name))
+            assert picture is not None and picture.shape == hr.shape, name
 
-    # One recipe, two networks: only the network and dataset types (and the prompt store) differ.
+    # Training tiles carry both blurs, and the prompt store holds the caption naming each tile's blur.
+    from pdnsr.data.prompt_store import PromptStore
+
+    store = PromptStore(str(out / 'data' / 'prompts_text.lmdb'))
+    assert store.meta['kind'] == 'text' and len(store) == len(os.listdir(out / 'data' / 'train' / 'HR'))
+
+    # One recipe, two networks: only the network and dataset types (and the prompt store and the DCM temperature,
+    # which the baseline does not have) differ.
     base = yaml.safe_load((out / 'options' / 'train_demo_baseline.yml').read_text())
     plus = yaml.safe_load((out / 'options' / 'train_demo_plus.yml').read_text())
     assert (base['network_g']['type'], plus['network_g']['type']) == ('EDSR', 'EDSRPlus')
     assert base['datasets']['train']['type'] == 'PairedImageDataset'
     assert plus['datasets']['train']['type'] == 'PromptPairedImageDataset'
-    assert base['train'] == plus['train'] and base['manual_seed'] == plus['manual_seed'] and base['num_gpu'] == 0
+    assert 'temperature' in plus['train']
+    assert base['train'] == {k: v for k, v in plus['train'].items() if k != 'temperature'}
+    assert base['manual_seed'] == plus['manual_seed'] and base['num_gpu'] == 0
     assert (out / 'experiments' / 'demo_plus' / 'models' / 'net_g_latest.pth').is_file()
 
 
@@ -87,7 +97,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert demo.main(['--quick', '--output', str(tmp_path / 'b'), '--clip-pretrained', missing]) == 2
     captured = capsys.readouterr()
     assert captured.err.count('\n') == 1 and 'does not exist' in captured.err
-    assert captured.out.startswith(f'CLIP (ViT-B-32) runs with pretrained weights {missing!r}')
+    assert f'CLIP (ViT-B-32) runs with pretrained weights {missing!r}' in captured.out
 
     assert demo.main(['--no-such-option']) == 2
 
