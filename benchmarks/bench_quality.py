@@ -12,13 +12,16 @@ Pipeline (the real stack):
    parent's, by the prompt store's sub-image rule).
 2. Image prompts of the flipped full LR view: ``build_prompt_store(kind='image', view='flip')`` with
    ``PromptEncoder(pretrained=--clip-pretrained)``; the same for Set5 / Set14.
-3. Training: ``python pdnsr/train.py -opt <generated yml>`` subprocesses, ``PDNSR_ROOT=<workdir>``, model
-   ``PDNModel``, L1, Adam, cosine schedule, the paper's temperature schedule for the DCMs. No EMA: after a few
-   hundred iterations an EMA of decay 0.999 is still mostly the random initialisation (13 dB on Set5).
+3. Training: ``python pdnsr/train.py -opt <generated yml>`` subprocesses (``--jobs`` at once),
+   ``PDNSR_ROOT=<workdir>``, option dicts from ``pdnsr.options``: model ``PDNModel``, L1, Adam, cosine schedule,
+   the paper's temperature schedule for the DCMs; ``--val-freq N`` validates (basicsr's validation) every N
+   iterations and prints the curves. No EMA: after a few hundred iterations an EMA of decay 0.999 is still mostly
+   the random initialisation (13 dB on Set5).
 4. Evaluation: basicsr's ``calculate_psnr`` / ``calculate_ssim`` on Y, ``crop_border = scale``, per seed; the table
    gives mean ± std over seeds of each network and of the paired difference ("+" minus baseline, same seed).
 
     .venv/bin/python benchmarks/bench_quality.py [--iters 150] [--seeds 0 1 2] [--clip-pretrained none|TAG|FILE]
+    .venv/bin/python benchmarks/bench_quality.py --iters 1000 --seeds 0 1 --val-freq 100 --jobs 2   # the long run
 """
 
 import glob
@@ -27,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from common import REPO_ROOT, make_parser, print_header, print_table, setup
 
@@ -34,10 +38,10 @@ from common import REPO_ROOT, make_parser, print_header, print_table, setup
 import cv2
 import numpy as np
 import torch
-import yaml
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 
+from pdnsr import options as opts
 from pdnsr.data.degradations import blur_downsample
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'
@@ -100,57 +104,42 @@ def build_store(encoder, images_dir, out):
 
 
 def train_options(args, name, net_type, seed, data):
-    plus = net_type.endswith('Plus')
-    dataset = dict(
-        name='train',
-        type='PromptPairedImageDataset' if plus else 'PairedImageDataset',
-        dataroot_gt=data['hr'],
-        dataroot_lq=data['lr'],
-        io_backend=dict(type='disk'),
-        gt_size=args.gt_size,
-        use_hflip=True,
-        use_rot=True,
-        num_worker_per_gpu=0,
-        batch_size_per_gpu=args.batch,
-        dataset_enlarge_ratio=1,
-        prefetch_mode=None,
+    """One run's option dict from :mod:`pdnsr.options`: the baseline and its "+" twin differ only in the network
+    type, the dataset type (prompts or not) and the DCM temperature schedule (which a baseline does not have)."""
+    prompted = net_type.endswith('Plus')
+    network_g = opts.network(
+        net_type, args.scale, prompt_dim=data['prompt_dim'], num_feat=args.num_feat, num_block=args.num_block
     )
-    if plus:
-        dataset['dataroot_prompt'] = data['prompts']
-    net = dict(
-        type=net_type, num_in_ch=3, num_out_ch=3, upscale=args.scale, num_feat=args.num_feat, num_block=args.num_block
+    train_set = opts.train_dataset(
+        'train', data['hr'], data['lr'], args.gt_size, args.batch, prompts=data['prompts'], prompted=prompted
     )
-    if plus:
-        net['prompt_dim'] = data['prompt_dim']
-    opt = dict(
-        name=name,
-        model_type='PDNModel',
-        scale=args.scale,
-        num_gpu=0,
-        manual_seed=seed,
-        datasets=dict(train=dataset),
-        network_g=net,
-        path=dict(pretrain_network_g=None, strict_load_g=True, resume_state=None),
-        train=dict(
-            ema_decay=0,
-            optim_g=dict(type='Adam', lr=args.lr, betas=[0.9, 0.99]),
-            scheduler=dict(type='CosineAnnealingRestartLR', periods=[args.iters], restart_weights=[1], eta_min=1e-6),
-            total_iter=args.iters,
-            warmup_iter=args.warmup if args.warmup is not None else args.iters // 5,
-            pixel_opt=dict(type='L1Loss', loss_weight=1.0),
-        ),
-        logger=dict(print_freq=max(1, args.iters // 4), save_checkpoint_freq=args.iters, use_tb_logger=False),
+    val_sets = None
+    if args.val_freq:
+        val_sets = {
+            f'val_{set_name}': opts.dataset(set_name, bench['hr'], bench['lr'], bench['store_path'], prompted)
+            for set_name, bench in data['bench'].items()
+        }
+    return opts.train_options(
+        name,
+        network_g,
+        train_set,
+        args.scale,
+        args.iters,
+        args.lr,
+        val_sets=val_sets,
+        val_freq=args.val_freq,
+        seed=seed,
+        warmup_iter=args.warmup if args.warmup is not None else args.iters // 5,
+        betas=(0.9, 0.99),
+        eta_min=1e-6,
+        temperature=dict(init=34, step=3, every_epochs=10, min=1),
+        print_freq=max(1, args.iters // 4),
     )
-    if plus:
-        opt['train']['temperature'] = dict(init=34, step=3, every_epochs=10, min=1)
-    return opt
 
 
-def train(args, opt, workdir):
-    path = os.path.join(workdir, f'{opt["name"]}.yml')
-    with open(path, 'w') as f:
-        yaml.safe_dump(opt, f)
-    env = dict(os.environ, PDNSR_ROOT=workdir, OMP_NUM_THREADS=str(args.threads))
+def train(args, opt, workdir, threads):
+    path = opts.write_options(opt, os.path.join(workdir, f'{opt["name"]}.yml'))
+    env = dict(os.environ, PDNSR_ROOT=workdir, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log_path = os.path.join(workdir, f'{opt["name"]}.log')
     with open(log_path, 'w') as log:
         proc = subprocess.run(
@@ -197,6 +186,24 @@ def evaluate(args, net_opt, weights, bench):
     return scores
 
 
+def validation_curve(log_path, args):
+    """[(iteration, set, PSNR)] from basicsr's "Validation <set>" log lines of one run (every ``--val-freq``)."""
+    if not args.val_freq:
+        return []
+    curve, current, seen = [], None, {}
+    with open(log_path, encoding='utf-8') as f:
+        for line in f:
+            if 'Validation ' in line:
+                current = line.rsplit('Validation ', 1)[1].strip()
+            elif current and '# psnr:' in line:
+                seen[current] = seen.get(current, 0) + 1
+                it = seen[current] * args.val_freq
+                if it <= args.iters:  # basicsr validates once more after the last iteration: the same weights
+                    curve.append((it, current, float(line.split('# psnr:')[1].split()[0])))
+                current = None
+    return curve
+
+
 def mean_std(values, digits):
     if len(values) == 1:
         return f'{values[0]:.{digits}f}'
@@ -237,6 +244,17 @@ def main():
         help="open_clip weights: 'none' = RANDOM weights "
         "(meaningless prompts), an open_clip tag such as 'openai', or a local checkpoint file",
     )
+    parser.add_argument(
+        '--val-freq',
+        type=int,
+        default=0,
+        help='validate every N iterations during training (basicsr validation, PSNR on Y) and print the curves; '
+        '0 = no validation (default)',
+    )
+    parser.add_argument('--val-sets', nargs='+', default=['Set5'], help='sets validated during training')
+    parser.add_argument(
+        '--jobs', type=int, default=1, help='training runs at once (default 1 with --threads threads; >1: one each)'
+    )
     parser.add_argument('--train-data', default=str(SHARED / 'train'))
     parser.add_argument('--bench-data', default=str(SHARED / 'benchmarks'))
     parser.add_argument(
@@ -248,6 +266,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.iters, args.seeds, args.num_block, args.num_feat, args.batch, args.gt_size = 2, [0], 1, 8, 2, 32
+        args.val_freq = 2
     device = setup(args)
     if device.type != 'cpu':
         raise SystemExit('bench_quality.py trains on the CPU through pdnsr/train.py (num_gpu: 0); use --device cpu')
@@ -297,18 +316,19 @@ def main():
     )
     encoder = PromptEncoder('ViT-B-32', pretrained=None if random_clip else args.clip_pretrained)
     clip_tag = 'random' if random_clip else os.path.basename(args.clip_pretrained)
-    data = dict(
-        hr=sub_hr,
-        lr=sub_lr,
-        prompt_dim=encoder.embed_dim,
-        prompts=build_store(encoder, lr, os.path.join(workdir, f'train_{tag}', f'prompts_{clip_tag}.lmdb')),
-    )
     bench = {}
     for name, folder in bench_sets.items():
         bdir = os.path.join(workdir, f'{name}_{tag}')
         bhr, blr = prepare_pairs({'': folder}, bdir, args.scale, args.sigma, crop, limit)
         store = build_store(encoder, blr, os.path.join(bdir, f'prompts_{clip_tag}.lmdb'))
-        bench[name] = dict(hr=bhr, lr=blr, store=PromptStore(store))
+        bench[name] = dict(hr=bhr, lr=blr, store=PromptStore(store), store_path=store)
+    data = dict(
+        hr=sub_hr,
+        lr=sub_lr,
+        prompt_dim=encoder.embed_dim,
+        prompts=build_store(encoder, lr, os.path.join(workdir, f'train_{tag}', f'prompts_{clip_tag}.lmdb')),
+        bench={name: bench[name] for name in args.val_sets},
+    )
     n_sub = len(os.listdir(sub_hr))
     print(
         f'data: {len(os.listdir(hr))} training images -> {n_sub} HR sub-images; prompts: image (flipped LR view), '
@@ -316,19 +336,43 @@ def main():
         flush=True,
     )
 
-    scores = {}  # (net, seed) -> {set: (psnr, ssim)}
-    for seed in args.seeds:
-        for net_type in ('EDSR', 'EDSRPlus'):
-            t1 = time.time()
-            opt = train_options(args, f'quality_{net_type}_{tag}_it{args.iters}_seed{seed}', net_type, seed, data)
-            weights = train(args, opt, workdir)
-            scores[net_type, seed] = evaluate(args, opt['network_g'], weights, bench)
+    runs = [(net_type, seed) for seed in args.seeds for net_type in ('EDSRPlus', 'EDSR')]
+    run_opts = {
+        (net_type, seed): train_options(
+            args, f'quality_{net_type}_{tag}_it{args.iters}_lr{args.lr:g}_seed{seed}', net_type, seed, data
+        )
+        for net_type, seed in runs
+    }
+    threads = 1 if args.jobs > 1 else args.threads
+    scores, curves = {}, {}  # (net, seed) -> {set: (psnr, ssim)}; (net, seed) -> [(iter, psnr), ...]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {run: (time.time(), pool.submit(train, args, run_opts[run], workdir, threads)) for run in runs}
+        for run in runs:
+            t1, future = futures[run]
+            weights = future.result()
+            net_type, seed = run
+            scores[run] = evaluate(args, run_opts[run]['network_g'], weights, bench)
+            curves[run] = validation_curve(os.path.join(workdir, f'{run_opts[run]["name"]}.log'), args)
             print(
                 f'  trained and evaluated {net_type} seed {seed} in {time.time() - t1:.0f} s: '
-                + ', '.join(f'{s} {p:.2f} dB / {q:.4f}' for s, (p, q) in scores[net_type, seed].items()),
+                + ', '.join(f'{s} {p:.2f} dB / {q:.4f}' for s, (p, q) in scores[run].items()),
                 flush=True,
             )
     print()
+    if args.val_freq:
+        print(
+            f'Validation PSNR (dB, Y) during training on {", ".join(args.val_sets)}, every {args.val_freq} iterations\n'
+        )
+        points = sorted({it for curve in curves.values() for it, _, _ in curve})
+        curve_rows = []
+        for run in sorted(curves):
+            by_iter = {(it, name): value for it, name, value in curves[run]}
+            for name in args.val_sets:
+                curve_rows.append(
+                    [f'{run[0]} seed {run[1]}', name]
+                    + [f'{by_iter[it, name]:.2f}' if (it, name) in by_iter else '' for it in points]
+                )
+        print_table(['run', 'set', *map(str, points)], curve_rows)
 
     rows = []
     for set_name in bench:
