@@ -28,7 +28,7 @@ setup(
         'console_scripts': [
             'pdnsr-train=pdnsr.train:main',
             'pdnsr-test=pdnsr.test:main',
-            'pdnsr-infer=pdnsr.inference:main',
+            'pdnsr-infer=pdnsr.infer_cli:main',
             'pdnsr-demo=pdnsr.demo:main',
         ],
     },

@@ -63,3 +63,15 @@ def run_pipeline(kind):
 
     pipeline = getattr(importlib.import_module(f'basicsr.{kind}'), f'{kind}_pipeline')
     return run_main(lambda: pipeline(root_path()), f'pdnsr-{kind}')
+
+
+def add_clip_arguments(parser, pretrained='openai'):
+    """``--clip-model`` and ``--clip-pretrained`` (default ``pretrained``), spelled alike by every command that
+    encodes prompts; ``parser`` may be an argument group."""
+    parser.add_argument('--clip-model', default='ViT-B-32', help='open_clip architecture (default ViT-B-32)')
+    parser.add_argument(
+        '--clip-pretrained',
+        default=pretrained,
+        help=f"open_clip pretrained tag, a local checkpoint file, or 'none' for random weights (tests only); "
+        f'default {pretrained}',
+    )

@@ -1,4 +1,4 @@
-"""Super-resolve images with a pdnsr network: ``pdnsr.inference.main`` (also installed as ``pdnsr-infer``).
+"""Super-resolve images with a pdnsr network: ``pdnsr.infer_cli.main`` (also installed as ``pdnsr-infer``).
 
 Example (from the repository root):
 
@@ -18,7 +18,7 @@ except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import pdnsr  # noqa: F401
 
-from pdnsr.inference import main  # noqa: E402
+from pdnsr.infer_cli import main  # noqa: E402
 
 if __name__ == '__main__':
     sys.exit(main(prog=os.path.basename(sys.argv[0])))

@@ -22,8 +22,9 @@ except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import pdnsr  # noqa: F401
 
+from pdnsr.cli import add_clip_arguments, run_main  # noqa: E402
 from pdnsr.prompts.build import KINDS, build_prompt_store  # noqa: E402
-from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
+from pdnsr.prompts.encoder import VIEWS, PromptEncoder  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -35,13 +36,8 @@ def parse_args(argv=None):
     parser.add_argument('--captions', help='caption JSON: {key: [captions]}, {set: {key: [captions]}} or COCO')
     parser.add_argument('--captions-subset', help='set name inside a {set: {key: [captions]}} caption file')
     parser.add_argument('--images', help='folder of images (keys = file names without extension)')
-    parser.add_argument('--view', choices=('flip', 'identity'), default='flip', help='image view (default flip)')
-    parser.add_argument('--clip-model', default='ViT-B-32', help='open_clip architecture (default ViT-B-32)')
-    parser.add_argument(
-        '--clip-pretrained',
-        default='openai',
-        help="open_clip pretrained tag, a local checkpoint file, or 'none' for random weights (tests only)",
-    )
+    parser.add_argument('--view', choices=VIEWS, default='flip', help='image view (default flip)')
+    add_clip_arguments(parser)
     parser.add_argument('--batch-size', type=int, default=32, help='keys per batch (default 32)')
     parser.add_argument('--device', default='cpu', help='torch device for the encoder, e.g. cpu or cuda:0')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing store / unfinished build')
@@ -50,38 +46,33 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    """Returns the exit code: 0 on success, 2 on a user error (printed as one line on stderr)."""
-    args = parse_args(argv)
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'make_prompt_lmdb.py'
-    try:
-        if args.overwrite and args.resume:
-            raise ValueError('--overwrite and --resume exclude each other.')
-        if os.path.exists(args.out) and not args.overwrite:
-            # Checked before loading CLIP, which takes seconds.
-            raise FileExistsError(f'{args.out} already exists; pass --overwrite to replace it.')
-        try:
-            encoder = PromptEncoder(args.clip_model, pretrained=args.clip_pretrained, device=args.device)
-        except RuntimeError as err:  # weights that cannot be loaded: the message says what to do
-            raise ValueError(str(err)) from err
-        count = build_prompt_store(
-            args.kind,
-            args.out,
-            encoder,
-            captions=args.captions,
-            captions_subset=args.captions_subset,
-            images_dir=args.images,
-            view=args.view,
-            batch_size=args.batch_size,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            progress=not args.no_progress,
-        )
-    except (ValueError, OSError) as err:
-        print(f'{prog}: error: {err}', file=sys.stderr)
-        return 2
+def run(args):
+    if args.overwrite and args.resume:
+        raise ValueError('--overwrite and --resume exclude each other.')
+    if os.path.exists(args.out) and not args.overwrite:
+        # Checked before loading CLIP, which takes seconds.
+        raise FileExistsError(f'{args.out} already exists; pass --overwrite to replace it.')
+    encoder = PromptEncoder(args.clip_model, pretrained=args.clip_pretrained, device=args.device)
+    count = build_prompt_store(
+        args.kind,
+        args.out,
+        encoder,
+        captions=args.captions,
+        captions_subset=args.captions_subset,
+        images_dir=args.images,
+        view=args.view,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     print(f'{args.out}: {count} keys', file=sys.stderr)
-    return 0
+
+
+def main(argv=None):
+    """Returns the exit status: 0 on success, 2 on a user error (one line on stderr, :func:`pdnsr.cli.run_main`)."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'make_prompt_lmdb.py'
+    return run_main(lambda: run(parse_args(argv)), prog)
 
 
 if __name__ == '__main__':

@@ -26,17 +26,18 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pdnsr.archs.dcm_arch import dcm_modules  # noqa: E402
+from pdnsr.archs.dcm_arch import select_dcms, takes_prompt  # noqa: E402
+from pdnsr.cli import add_clip_arguments, run_main  # noqa: E402
+from pdnsr.data.image_files import read_rgb, write_image  # noqa: E402
+from pdnsr.infer_cli import add_tile_arguments  # noqa: E402
 from pdnsr.inference import (  # noqa: E402
     build_network_from_options,
     image_to_tensor,
     load_weights,
     make_prompt_encoder,
-    read_image,
     resolve_device,
     super_resolve,
     tensor_to_bgr,
-    write_png,
 )
 from pdnsr.utils.visualization import overlay_heatmap  # noqa: E402
 
@@ -57,15 +58,8 @@ def parse_args(argv=None):
         help="draw masks over each prompt's SR output (default) or over the enlarged LR input",
     )
     parser.add_argument('--output', required=True, help='figure file (PNG)')
-    parser.add_argument('--clip-model', default='ViT-B-32', help='open_clip model (default ViT-B-32)')
-    parser.add_argument(
-        '--clip-pretrained',
-        default='openai',
-        help='open_clip tag, local checkpoint file, or none (random weights: tests only)',
-    )
-    parser.add_argument('--tile', type=int, help='LR tile size for large images (default whole image)')
-    parser.add_argument('--tile-pad', type=int, default=32, help='LR context around each tile (default 32)')
-    parser.add_argument('--device', help='cpu or cuda (default cuda if available)')
+    add_clip_arguments(parser)
+    add_tile_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -109,12 +103,10 @@ def make_figure(net, encoder, rgb, prompts, dcm=-1, background='sr', tile=None, 
 
     All prompts run as one batch: the image repeated once per prompt.
     """
-    dcms = dcm_modules(net)
-    if not dcms:
+    chosen = select_dcms(net, [dcm], '--dcm')
+    if not chosen:
         raise ValueError(f'{type(net).__name__} has no DCM: attention masks need a "+" network')
-    if not -len(dcms) <= dcm < len(dcms):
-        raise ValueError(f'--dcm {dcm}: the network has {len(dcms)} DCMs (indices 0..{len(dcms) - 1})')
-    index = dcm % len(dcms)
+    (index,) = chosen
     emb = encoder.encode_text(list(prompts)).to(device)  # (n, d)
     lq = image_to_tensor(rgb, device).expand(len(prompts), -1, -1, -1)
     sr, masks = super_resolve(net, lq, emb, tile=tile, tile_pad=tile_pad, keep_attention=True)
@@ -132,38 +124,36 @@ def make_figure(net, encoder, rgb, prompts, dcm=-1, background='sr', tile=None, 
     return compose_figure(panels, captions)
 
 
-def main(argv=None):
-    """Write the figure; returns 0, or 2 with a one-line message on a user error."""
-    args = parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        net = build_network_from_options(args.opt)
-        load_weights(net, args.weights)
-        net = net.to(device).eval()
-        if not hasattr(net, 'prompt_dim'):
-            raise ValueError(f'{type(net).__name__} takes no prompt: attention masks need a "+" network')
-        rgb = read_image(args.image)
-        encoder = make_prompt_encoder(args.clip_model, args.clip_pretrained, device, net.prompt_dim)
-        with torch.no_grad():
-            figure = make_figure(
-                net,
-                encoder,
-                rgb,
-                args.prompt,
-                dcm=args.dcm,
-                background=args.background,
-                tile=args.tile,
-                tile_pad=args.tile_pad,
-                device=device,
-            )
-    except (ValueError, FileNotFoundError) as err:
-        print(f'visualize_attention: error: {" ".join(str(err).split())}', file=sys.stderr)
-        return 2
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    write_png(args.output, figure)
+def run(args):
+    """Write the figure of the parsed ``args``; raises the user errors of :data:`pdnsr.cli.USER_ERRORS`."""
+    device = resolve_device(args.device)
+    net = build_network_from_options(args.opt)
+    load_weights(net, args.weights)
+    net = net.to(device).eval()
+    if not takes_prompt(net):
+        raise ValueError(f'{type(net).__name__} takes no prompt: attention masks need a "+" network')
+    rgb = read_rgb(args.image)
+    encoder = make_prompt_encoder(args.clip_model, args.clip_pretrained, device, net.prompt_dim)
+    with torch.no_grad():
+        figure = make_figure(
+            net,
+            encoder,
+            rgb,
+            args.prompt,
+            dcm=args.dcm,
+            background=args.background,
+            tile=args.tile,
+            tile_pad=args.tile_pad,
+            device=device,
+        )
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    write_image(args.output, figure)
     print(f'wrote {args.output} ({figure.shape[1]}x{figure.shape[0]}, {len(args.prompt)} prompts)', file=sys.stderr)
-    return 0
+
+
+def main(argv=None):
+    """Returns the exit status: 0, or 2 with a one-line message on a user error (:func:`pdnsr.cli.run_main`)."""
+    return run_main(lambda: run(parse_args(argv)), 'visualize_attention')
 
 
 if __name__ == '__main__':

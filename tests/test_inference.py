@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from pdnsr import inference
+from pdnsr.data.image_files import read_rgb
+from pdnsr.infer_cli import main
 from pdnsr.inference import (
     build_network_from_options,
     image_to_tensor,
     load_weights,
-    main,
-    read_image,
     super_resolve,
     tensor_to_bgr,
 )
@@ -105,7 +105,7 @@ def _cli(capsys, model, inp, out, *extra):
 
 
 def _lq(paired_data, key):
-    return image_to_tensor(read_image(os.path.join(paired_data['lr'], f'{key}.png')), 'cpu')
+    return image_to_tensor(read_rgb(os.path.join(paired_data['lr'], f'{key}.png')), 'cpu')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_cli_image_prompt(tmp_path, paired_data, models, shared_clip, capsys):
         outs[view] = cv2.imread(str(out / 'coffee_x2.png'))
     assert outs['flip'].shape == (96, 96, 3)
     assert not np.array_equal(outs['flip'], outs['identity'])
-    assert shared_clip == [('ViT-B-32', None)] * 2
+    assert shared_clip == [('ViT-B-32', 'none')] * 2
 
 
 def test_cli_prompt_image_self_uses_each_input(tmp_path, paired_data, models, shared_clip, capsys):

@@ -4,6 +4,7 @@ Uses the real open_clip ViT-B-32 architecture with RANDOM weights (``pretrained=
 none``; seeded, so every process builds the same model), real LMDB, and tiny PNGs written to a temp dir.
 """
 
+import copy
 import importlib.util
 import json
 import os
@@ -21,7 +22,6 @@ import torch
 
 from pdnsr.data.prompt_store import PromptStore, partial_path
 from pdnsr.prompts.build import build_prompt_store, load_captions
-from pdnsr.prompts.encoder import PromptEncoder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / 'scripts' / 'make_prompt_lmdb.py'
@@ -35,10 +35,11 @@ def _load_script():
 
 
 @pytest.fixture(scope='module')
-def encoder():
-    torch.manual_seed(0)
-    with pytest.warns(UserWarning, match='meaningless'):
-        return PromptEncoder('ViT-B-32', pretrained=None, batch_size=8)
+def encoder(clip_encoder):
+    """The session's random-weight encoder (seeded, so the same weights) with batches of 8."""
+    encoder = copy.copy(clip_encoder)
+    encoder.batch_size = 8
+    return encoder
 
 
 @pytest.fixture(scope='module')

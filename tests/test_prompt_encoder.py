@@ -4,6 +4,9 @@ Pretrained weights cannot be downloaded on the CI machine, so the embeddings are
 shapes, normalisation, batching, views, the mixed rule and error handling, not semantics.
 """
 
+import copy
+import logging
+import re
 import time
 
 import numpy as np
@@ -15,10 +18,17 @@ from pdnsr.prompts.encoder import PromptEncoder
 
 
 @pytest.fixture(scope='module')
-def encoder():
-    torch.manual_seed(0)
-    with pytest.warns(UserWarning, match='meaningless'):
-        return PromptEncoder('ViT-B-32', pretrained=None, batch_size=4)
+def encoder(clip_encoder):
+    """The session's random-weight encoder (seeded, so the same weights) with batches of 4."""
+    encoder = copy.copy(clip_encoder)
+    encoder.batch_size = 4
+    return encoder
+
+
+def test_random_weights_are_logged_once(caplog):
+    with caplog.at_level(logging.WARNING, logger='basicsr'):
+        PromptEncoder('ViT-B-32', pretrained=None)
+    assert [r.levelno for r in caplog.records if 'meaningless' in r.getMessage()] == [logging.WARNING]
 
 
 @pytest.fixture(scope='module')
@@ -50,9 +60,10 @@ def test_encode_text_is_batched_normalised_and_batch_independent(encoder):
     assert encoder.encode_text([]).shape == (0, 512)
 
 
-def test_long_caption_is_truncated_with_a_warning_naming_its_key(encoder):
-    with pytest.warns(UserWarning, match=r"'long_one'.*truncated to the context length 77"):
+def test_long_caption_is_truncated_with_a_warning_naming_its_key(encoder, caplog):
+    with caplog.at_level(logging.WARNING, logger='basicsr'):
         out = encoder.encode_text(['short', 'word ' * 120], keys=['short_one', 'long_one'])
+    assert re.search(r"'long_one'.*truncated to the context length 77", caplog.text), caplog.text
     _assert_unit_rows(out, 2)
 
 

@@ -1,13 +1,13 @@
 """basicsr's PairedImageDataset plus one prompt embedding per sample, read from a prompt store."""
 
 import copy
-import os
 
 import numpy as np
 import torch
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.registry import DATASET_REGISTRY
 
+from pdnsr.data.image_files import image_key
 from pdnsr.data.prompt_store import DEFAULT_SUBIMAGE_PATTERN, PromptStore, parent_key
 
 PROMPT_CHOICES = ('random', 'first', 'mean')
@@ -59,10 +59,8 @@ class PromptPairedImageDataset(PairedImageDataset):
         self.prompt_store.close()
 
     def _image_key(self, gt_path):
-        # basicsr's key rule: for the lmdb backend the path already is the key, otherwise file name w/o extension.
-        if self.io_backend_opt.get('type') == 'lmdb':
-            return gt_path
-        return os.path.splitext(os.path.basename(gt_path))[0]
+        # For the lmdb backend basicsr's path already is the key.
+        return gt_path if self.io_backend_opt.get('type') == 'lmdb' else image_key(gt_path)
 
     def _match_prompt_keys(self, pattern):
         store_keys = set(self.prompt_store.keys())

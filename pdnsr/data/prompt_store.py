@@ -363,7 +363,9 @@ class PromptStoreWriter:
     def __contains__(self, key):
         return key in self._done
 
-    def _put_many(self, items):
+    def _put_many(self, items, delete=()):
+        """Put ``items`` ((str key, bytes) pairs) and delete the keys ``delete`` in one write transaction, growing the
+        map (and retrying) while it is full."""
         # One transaction per batch: a killed build loses at most the batch in flight, and what it kept is a prefix
         # of the batches, which is what makes a resumed build bit-identical to an uninterrupted one.
         while True:
@@ -371,6 +373,8 @@ class PromptStoreWriter:
                 with self._env.begin(write=True) as txn:
                     for key, value in items:
                         txn.put(key.encode('utf-8'), value)
+                    for key in delete:
+                        txn.delete(key.encode('utf-8'))
                 return
             except lmdb.MapFullError:
                 self._map_size *= 2
@@ -413,15 +417,7 @@ class PromptStoreWriter:
             'built': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
             'format_version': FORMAT_VERSION,
         }
-        while True:
-            try:
-                with self._env.begin(write=True) as txn:
-                    txn.put(META_KEY.encode(), json.dumps(meta).encode('utf-8'))
-                    txn.delete(BUILD_KEY.encode())
-                break
-            except lmdb.MapFullError:
-                self._map_size *= 2
-                self._env.set_mapsize(self._map_size)
+        self._put_many([(META_KEY, json.dumps(meta).encode('utf-8'))], delete=[BUILD_KEY])
         self._env.sync(True)
         self._env.close()
         if os.path.exists(self.path):

@@ -6,25 +6,21 @@ Kinds of prompt (one store each, recorded in its metadata):
 - ``image``: one row, the CLIP embedding of the image (its horizontally flipped view by default);
 - ``mixed``: one row per caption, ``normalize(text + image)`` (see :meth:`PromptEncoder.encode_mixed`).
 
-Keys follow BasicSR: the image file name without extension; a caption file names its images the same way.
+Keys follow BasicSR (:func:`pdnsr.data.image_files.image_key`): the image file name without extension; a caption file
+names its images the same way.
 """
 
 import json
 import os
 
-import cv2
-from basicsr.utils import get_root_logger, scandir
+from basicsr.utils import get_root_logger
 from tqdm import tqdm
 
+from pdnsr.data.image_files import image_key, read_rgb, scan_images
 from pdnsr.data.prompt_store import PromptStoreWriter, partial_path
+from pdnsr.prompts.encoder import VIEWS
 
 KINDS = ('text', 'image', 'mixed')
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.PNG', '.JPG', '.JPEG', '.BMP')
-
-
-def image_key(path):
-    """BasicSR's key of an image file: its name without directory and extension."""
-    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _clean_captions(key, captions, source):
@@ -122,35 +118,6 @@ def load_captions(path, subset=None):
     return captions
 
 
-def scan_images(images_dir):
-    """Image files of a folder (not recursive, like basicsr's paired folder dataset).
-
-    Returns:
-        dict[str, str]: key -> file path, sorted by key.
-    """
-    images_dir = os.fspath(images_dir)
-    if not os.path.isdir(images_dir):
-        raise FileNotFoundError(f'Image folder {images_dir} does not exist.')
-    found = {}
-    for rel in sorted(scandir(images_dir, suffix=IMAGE_SUFFIXES, recursive=False)):
-        key = image_key(rel)
-        if key in found:
-            raise ValueError(
-                f'Image folder {images_dir}: {found[key]} and {rel} have the same key {key!r} (file name without '
-                'extension); keys must be unique.'
-            )
-        found[key] = rel
-    return {key: os.path.join(images_dir, found[key]) for key in sorted(found)}
-
-
-def read_rgb(path):
-    """Read an image file as (H, W, 3) uint8 RGB (cv2 reads BGR; grey and 16-bit files are converted)."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f'Cannot read image {path} (missing, unsupported or corrupt).')
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def _report_unmatched(what, keys, logger):
     if keys:
         keys = sorted(keys)
@@ -197,8 +164,8 @@ def build_prompt_store(
     out = os.fspath(out).rstrip('/\\')
     if kind not in KINDS:
         raise ValueError(f'kind must be one of {KINDS}, got {kind!r}.')
-    if view not in ('flip', 'identity'):
-        raise ValueError(f"view must be 'flip' or 'identity', got {view!r}.")
+    if view not in VIEWS:
+        raise ValueError(f'view must be one of {VIEWS}, got {view!r}.')
     if int(batch_size) < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
     batch_size = int(batch_size)

@@ -1,15 +1,14 @@
 """open_clip wrapper that turns captions and images into prompt embeddings.
 
 All outputs are float32 CPU tensors with L2-normalised rows, the form the prompt store keeps and the DCM consumes.
-Loading weights never hangs on a machine without internet: a hub tag that is not in the local cache is only
-downloaded after a quick reachability check, and any failure becomes one ``RuntimeError`` telling the user to pass
-a local checkpoint file.
+Warnings (random weights, truncated captions) go to basicsr's logger, once. Loading weights never hangs on a machine
+without internet: a hub tag that is not in the local cache is only downloaded after a quick reachability check, and
+any failure becomes one ``RuntimeError`` telling the user to pass a local checkpoint file.
 """
 
 import os
 import urllib.error
 import urllib.request
-import warnings
 
 import numpy as np
 import open_clip
@@ -18,10 +17,21 @@ import torch.nn.functional as F
 from basicsr.utils import get_root_logger
 from PIL import Image
 
+from pdnsr.cli import UserError
+
 RANDOM_TAGS = (None, '', 'none', 'None')
 VIEWS = ('flip', 'identity')
 _REACH_TIMEOUT_S = 8
-_CHECKPOINT_SUFFIXES = ('.bin', '.pt', '.pth', '.safetensors', '.ckpt')
+CHECKPOINT_SUFFIXES = ('.bin', '.pt', '.pth', '.safetensors', '.ckpt')
+
+
+def names_a_file(pretrained):
+    """True when a ``pretrained`` value is meant as a checkpoint file (a path, or a checkpoint suffix), not a tag."""
+    return os.sep in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES)
+
+
+class WeightsUnavailable(UserError, RuntimeError):
+    """The CLIP weights cannot be loaded: a RuntimeError that the command lines report as a user error (exit 2)."""
 
 
 def _preprocess_overrides(tag_cfg):
@@ -112,7 +122,8 @@ class PromptEncoder:
             reproducible across processes (and resumable).
 
     Raises:
-        RuntimeError: the pretrained weights cannot be loaded; the message says how to pass a local file.
+        WeightsUnavailable: (a RuntimeError) the pretrained weights cannot be loaded; the message says how to pass a
+            local file.
     """
 
     def __init__(self, model_name='ViT-B-32', pretrained='openai', device='cpu', batch_size=32, seed=0):
@@ -130,7 +141,6 @@ class PromptEncoder:
                 f'PromptEncoder: open_clip {model_name} with RANDOM weights (pretrained={pretrained!r}); the '
                 'embeddings are meaningless. Use it for tests only, never for training or evaluating a model.'
             )
-            warnings.warn(msg, stacklevel=2)
             logger.warning(msg)
             # Seed in a forked RNG so the weights are reproducible without disturbing the caller's RNG state.
             with torch.random.fork_rng(devices=[]):
@@ -154,7 +164,7 @@ class PromptEncoder:
 
     # ------------------------------------------------------------------ weights
     def _load_error(self, reason):
-        return RuntimeError(
+        return WeightsUnavailable(
             f'Cannot load pretrained weights {self.pretrained!r} for open_clip model {self.model_name!r}: {reason}. '
             f'Download the checkpoint on a machine with internet access (open_clip.create_model_and_transforms('
             f'{self.model_name!r}, pretrained={self.pretrained!r}) caches it under ~/.cache/huggingface or '
@@ -166,7 +176,7 @@ class PromptEncoder:
         """(value for open_clip's ``pretrained``, extra keyword arguments), failing fast when it cannot work."""
         if os.path.isfile(pretrained):
             return pretrained, {}
-        if os.sep in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES):
+        if names_a_file(pretrained):
             raise self._load_error(f'checkpoint file {pretrained} does not exist')
         if model_name.startswith(('hf-hub:', 'local-dir:')):
             return None, {}  # open_clip ignores `pretrained` for these; the schema names the weights
@@ -249,7 +259,6 @@ class PromptEncoder:
                     f'Caption of {name!r} has {n_tokens} tokens; truncated to the context length '
                     f'{self.context_length}: {chunk[j][:60]!r}...'
                 )
-                warnings.warn(msg, stacklevel=3)
                 get_root_logger().warning(msg)
 
     def _to_pil(self, image, view, index):

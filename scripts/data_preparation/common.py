@@ -11,35 +11,25 @@ unless ``--overwrite`` is given.
 """
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+from pdnsr.cli import UserError, add_clip_arguments
+from pdnsr.data.image_files import IMAGE_SUFFIXES, TMP_PREFIX, image_key, scan_images
+from pdnsr.data.prompt_store import PromptStore, partial_path
+from pdnsr.prompts.build import build_prompt_store
+from pdnsr.prompts.encoder import PromptEncoder, names_a_file
+
 MANIFEST = 'prepare_info.json'
-TMP_PREFIX = '.tmp-'
-
-
-def _current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files 0600; outputs get the permissions a plain open() would give them.
-FILE_MODE = 0o666 & ~_current_umask()
-
-
-class UserError(Exception):
-    """A problem with the user's input or options; scripts print it as one line and exit with code 2."""
 
 
 def default_workers():
@@ -48,7 +38,7 @@ def default_workers():
 
 
 def list_images(folder):
-    """Sorted image paths directly inside ``folder`` (hidden and temporary files skipped).
+    """Sorted image paths directly inside ``folder`` (:func:`pdnsr.data.image_files.scan_images`).
 
     Raises:
         UserError: the folder is missing, holds no images, or two files share a key (name without extension),
@@ -56,25 +46,10 @@ def list_images(folder):
     """
     if not os.path.isdir(folder):
         raise UserError(f'input folder not found: {folder}')
-    paths = sorted(
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if not name.startswith('.') and name.lower().endswith(IMG_EXTENSIONS)
-    )
+    paths = sorted(scan_images(folder).values())
     if not paths:
-        raise UserError(f'no images ({", ".join(IMG_EXTENSIONS)}) in {folder}')
-    seen = {}
-    for path in paths:
-        key = image_key(path)
-        if key in seen:
-            raise UserError(f'two images share the key {key!r}: {seen[key]} and {path}; rename one')
-        seen[key] = path
+        raise UserError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {folder}')
     return paths
-
-
-def image_key(path):
-    """basicsr's key rule: the file name without extension."""
-    return os.path.splitext(os.path.basename(path))[0]
 
 
 def read_image(path):
@@ -97,29 +72,6 @@ def read_image(path):
     elif img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
     return img, grey
-
-
-def imwrite_atomic(img, path, params=None):
-    """Encode ``img`` by the extension of ``path`` and move it into place atomically.
-
-    The temporary file lives in the same folder (``os.replace`` is atomic only within one file system) and
-    starts with a dot, so image listings ignore it.
-    """
-    folder, name = os.path.split(path)
-    ext = os.path.splitext(name)[1]
-    ok, buf = cv2.imencode(ext, img, params or [])
-    if not ok:
-        raise RuntimeError(f'OpenCV could not encode {path}')
-    fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{name}.', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(buf.tobytes())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def all_exist(paths):
@@ -247,12 +199,7 @@ def add_common_args(parser):
 def add_prompt_args(parser):
     """Flags of the prompt-store builder (mirrors scripts/make_prompt_lmdb.py)."""
     group = parser.add_argument_group('prompt store')
-    group.add_argument('--clip-model', default='ViT-B-32', help='open_clip model name. Default: ViT-B-32')
-    group.add_argument(
-        '--clip-pretrained',
-        default='openai',
-        help='open_clip pretrained tag or checkpoint file; "none" = random weights (tests only). Default: openai',
-    )
+    add_clip_arguments(group)
     group.add_argument('--device', default='cpu', help='device for the CLIP encoder. Default: cpu')
     group.add_argument('--batch-size', type=positive_int, default=32, help='encoder batch size. Default: 32')
     return group
@@ -260,15 +207,8 @@ def add_prompt_args(parser):
 
 def check_prompt_args(args):
     """Fail before the image work, not after it, when prompts cannot be built."""
-    try:
-        import pdnsr.prompts.build  # noqa: F401
-    except ImportError as err:
-        raise UserError(f'prompt building is unavailable: {err}') from None
-    pretrained = args.clip_pretrained
-    if (os.sep in pretrained or pretrained.endswith(('.bin', '.pt', '.pth', '.safetensors'))) and not os.path.isfile(
-        pretrained
-    ):
-        raise UserError(f'--clip-pretrained {pretrained}: no such checkpoint file')
+    if names_a_file(args.clip_pretrained) and not os.path.isfile(args.clip_pretrained):
+        raise UserError(f'--clip-pretrained {args.clip_pretrained}: no such checkpoint file')
 
 
 def build_prompts(args, kind, out, keys, captions=None, images_dir=None, view='flip'):
@@ -288,13 +228,6 @@ def build_prompts(args, kind, out, keys, captions=None, images_dir=None, view='f
     Returns:
         int | None: entries written by this call; None when an up-to-date store was kept.
     """
-    try:
-        from pdnsr.data.prompt_store import PromptStore, partial_path
-        from pdnsr.prompts.build import build_prompt_store
-        from pdnsr.prompts.encoder import PromptEncoder
-    except ImportError as err:
-        raise UserError(f'prompt building is unavailable: {err}') from None
-
     if os.path.exists(out) and not args.overwrite:
         store = PromptStore(out)
         meta = store.meta
@@ -310,21 +243,10 @@ def build_prompts(args, kind, out, keys, captions=None, images_dir=None, view='f
         return None
 
     try:
-        # One encoder per run (kept on args, so it dies with the run): loading CLIP weights costs seconds, and the
-        # faces script builds a store per scale.
-        encoder = getattr(args, '_prompt_encoder', None)
-        if encoder is None:
-            encoder = PromptEncoder(
-                model_name=args.clip_model,
-                pretrained=args.clip_pretrained,
-                device=args.device,
-                batch_size=args.batch_size,
-            )
-            args._prompt_encoder = encoder
         return build_prompt_store(
             kind,
             out,
-            encoder,
+            _encoder(args.clip_model, args.clip_pretrained, args.device, args.batch_size),
             captions=captions,
             images_dir=images_dir,
             view=view,
@@ -337,13 +259,19 @@ def build_prompts(args, kind, out, keys, captions=None, images_dir=None, view='f
         raise UserError(f'building {out}: {err}') from None
 
 
+@functools.lru_cache(maxsize=1)
+def _encoder(model_name, pretrained, device, batch_size):
+    """One CLIP encoder per run: loading the weights costs seconds, and the faces script builds a store per scale."""
+    return PromptEncoder(model_name=model_name, pretrained=pretrained, device=device, batch_size=batch_size)
+
+
 def lmdb_keys(lmdb_path):
     """Keys listed in a basicsr image LMDB's meta_info.txt (None when there is none)."""
     meta = os.path.join(lmdb_path, 'meta_info.txt')
     if not os.path.isfile(meta):
         return None
     with open(meta) as f:
-        return [os.path.splitext(line.split(' ')[0])[0] for line in f if line.strip()]
+        return [image_key(line.split(' ')[0]) for line in f if line.strip()]
 
 
 def make_image_lmdb(folder, lmdb_path, overwrite, workers):
@@ -360,7 +288,7 @@ def make_image_lmdb(folder, lmdb_path, overwrite, workers):
     from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
     names = sorted(n for n in os.listdir(folder) if n.endswith('.png') and not n.startswith('.'))
-    keys = [os.path.splitext(n)[0] for n in names]
+    keys = [image_key(n) for n in names]
     if not names:
         raise UserError(f'no PNG images to pack in {folder}')
     if os.path.exists(lmdb_path):
@@ -376,21 +304,3 @@ def make_image_lmdb(folder, lmdb_path, overwrite, workers):
     make_lmdb_from_imgs(folder, tmp, names, keys, multiprocessing_read=workers > 1, n_thread=max(1, workers))
     os.replace(tmp, lmdb_path)
     return True
-
-
-def main_wrapper(run, argv, prog):
-    """Run a script body and turn the outcome into an exit code.
-
-    UserError → one line ``prog: error: ...`` on stderr and 2 (argparse's code for usage errors, which are
-    passed through too); Ctrl-C → 130.
-    """
-    try:
-        return run(argv)
-    except SystemExit as err:  # argparse reports usage errors and --help this way
-        return err.code if isinstance(err.code, int) else (0 if err.code is None else 2)
-    except UserError as err:
-        print(f'{prog}: error: {err}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'{prog}: interrupted; rerun the same command to continue', file=sys.stderr)
-        return 130

@@ -31,18 +31,17 @@ import pdnsr  # noqa: E402,F401  (applies the basicsr compat shim before basicsr
 from basicsr.data.transforms import mod_crop  # noqa: E402
 # isort: on
 
+from pdnsr.cli import UserError, run_main  # noqa: E402
 from pdnsr.data.degradations import blur_downsample  # noqa: E402
+from pdnsr.data.image_files import image_key, write_image  # noqa: E402
+from pdnsr.prompts.encoder import VIEWS  # noqa: E402
 from scripts.data_preparation.common import (  # noqa: E402
-    UserError,
     add_common_args,
     add_prompt_args,
     all_exist,
     build_prompts,
     check_prompt_args,
-    image_key,
-    imwrite_atomic,
     list_images,
-    main_wrapper,
     positive_int,
     prepare_output,
     read_image,
@@ -66,8 +65,8 @@ def process_image(task):
         raise UserError(f'{path} is smaller than the scale {scale}')
     lr = blur_downsample(hr, scale, sigma)
     # LR first, HR last: HR is the last file an item writes, whatever order a reader checks.
-    imwrite_atomic(lr, lr_path)
-    imwrite_atomic(hr, hr_path)
+    write_image(lr_path, lr)
+    write_image(hr_path, hr)
     return key, True, grey, hr.shape[:2] != img.shape[:2]
 
 
@@ -92,7 +91,7 @@ def build_parser():
     group.add_argument('--captions-subset', help='top-level key of the captions file to use, e.g. Set5')
     group.add_argument(
         '--view',
-        choices=['flip', 'identity'],
+        choices=VIEWS,
         default='flip',
         help='view of the image that CLIP encodes: flip (horizontally flipped, the default) or identity',
     )
@@ -119,10 +118,8 @@ def prompt_kind(args):
 
 def load_benchmark_captions(args, keys):
     """Captions for exactly ``keys``; an image without a caption is an error (it would fail at test time)."""
-    try:
-        from pdnsr.prompts.build import load_captions
-    except ImportError as err:
-        raise UserError(f'prompt building is unavailable: {err}') from None
+    from pdnsr.prompts.build import load_captions
+
     if not os.path.isfile(args.captions):
         raise UserError(f'captions file not found: {args.captions}')
     try:
@@ -185,7 +182,7 @@ def run(argv):
 
 def main(argv=None):
     """Entry point; returns the exit code (0 ok, 2 user error)."""
-    return main_wrapper(run, argv, PROG)
+    return run_main(lambda: run(argv), PROG)
 
 
 if __name__ == '__main__':

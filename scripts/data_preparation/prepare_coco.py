@@ -38,18 +38,16 @@ if REPO_ROOT not in sys.path:  # run as a file: make `pdnsr` and `scripts` impor
 import pdnsr  # noqa: E402,F401  (applies the basicsr compat shim before basicsr is imported)
 # isort: on
 
+from pdnsr.cli import UserError, run_main  # noqa: E402
 from pdnsr.data.degradations import blur_downsample  # noqa: E402
+from pdnsr.data.image_files import image_key, write_image  # noqa: E402
 from scripts.data_preparation.common import (  # noqa: E402
-    UserError,
     add_common_args,
     add_prompt_args,
     all_exist,
     build_prompts,
     check_prompt_args,
-    image_key,
-    imwrite_atomic,
     list_images,
-    main_wrapper,
     make_image_lmdb,
     positive_int,
     prepare_output,
@@ -93,8 +91,8 @@ def process_image(task):
                 continue
             crop = img[y : y + size, x : x + size]
             for scale, lr_path in zip(opt['scales'], lr_paths):
-                imwrite_atomic(blur_downsample(crop, scale, opt['sigma']), lr_path)
-            imwrite_atomic(crop, gt_path, opt['png_params'])
+                write_image(lr_path, blur_downsample(crop, scale, opt['sigma']))
+            write_image(gt_path, crop, opt['png_params'])
             written += 1
     return key, 'kept', index, written
 
@@ -202,7 +200,7 @@ def run(argv):
 
 def main(argv=None):
     """Entry point; returns the exit code (0 ok, 2 user error)."""
-    return main_wrapper(run, argv, PROG)
+    return run_main(lambda: run(argv), PROG)
 
 
 if __name__ == '__main__':

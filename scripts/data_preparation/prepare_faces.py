@@ -34,18 +34,17 @@ import pdnsr  # noqa: E402,F401  (applies the basicsr compat shim before basicsr
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 # isort: on
 
+from pdnsr.cli import UserError, run_main  # noqa: E402
 from pdnsr.data.degradations import blur_downsample  # noqa: E402
+from pdnsr.data.image_files import image_key, write_image  # noqa: E402
+from pdnsr.prompts.encoder import VIEWS  # noqa: E402
 from scripts.data_preparation.common import (  # noqa: E402
-    UserError,
     add_common_args,
     add_prompt_args,
     all_exist,
     build_prompts,
     check_prompt_args,
-    image_key,
-    imwrite_atomic,
     list_images,
-    main_wrapper,
     positive_int,
     prepare_output,
     read_image,
@@ -82,8 +81,8 @@ def process_image(task):
         return key, 'small'
     hr = to_hr(img, hr_size)
     for scale, lr_path in zip(scales, lr_paths):
-        imwrite_atomic(blur_downsample(hr, scale, sigma), lr_path)
-    imwrite_atomic(hr, hr_path)
+        write_image(lr_path, blur_downsample(hr, scale, sigma))
+    write_image(hr_path, hr)
     return key, 'written'
 
 
@@ -101,7 +100,7 @@ def build_parser():
     group.add_argument('--prompts', action='store_true', help='build an image prompt LMDB per scale from LRx{s}/')
     group.add_argument(
         '--view',
-        choices=['flip', 'identity'],
+        choices=VIEWS,
         default='flip',
         help='view of the image that CLIP encodes: flip (horizontally flipped, the default) or identity',
     )
@@ -141,7 +140,7 @@ def run(argv):
 
 def main(argv=None):
     """Entry point; returns the exit code (0 ok, 2 user error)."""
-    return main_wrapper(run, argv, PROG)
+    return run_main(lambda: run(argv), PROG)
 
 
 if __name__ == '__main__':
