@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from basicsr.archs import build_network
 
-from pdnsr.inference import image_to_tensor, read_image, super_resolve
+from pdnsr.inference import image_to_tensor, read_rgb, super_resolve
 from pdnsr.utils.sample_data import bicubic_lr
 
 SET14 = REPO_ROOT.parent / 'shared' / 'data' / 'benchmarks' / 'Set14'
@@ -57,7 +57,7 @@ def load_crops(names, crop, scale):
         if not path.is_file():
             print(f'skipped {name}: {path} not found (the Set14 benchmark images live in ../shared/data)')
             continue
-        hr = read_image(str(path))
+        hr = read_rgb(str(path))
         hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
         lr = bicubic_lr(np.ascontiguousarray(hr), scale)
         top, left = max(0, (lr.shape[0] - crop) // 2), max(0, (lr.shape[1] - crop) // 2)
