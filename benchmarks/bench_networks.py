@@ -26,11 +26,30 @@ from common import (
 import torch
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
+from basicsr.archs.rrdbnet_arch import RRDBNet
+from basicsr.archs.swinir_arch import SwinIR
 
 from pdnsr.archs.dcm_arch import BANKS
 from pdnsr.archs.edsr_plus_arch import EDSRPlus
+from pdnsr.archs.prompt_guided_arch import RRDBNetPlus, SwinIRPlus
 from pdnsr.archs.rcan_plus_arch import RCANPlus
 from pdnsr.archs.rdn_arch import RDN, RDNPlus
+
+
+def network_args(base_cls, scale, kwargs):
+    """Constructor arguments: basicsr's RRDBNet calls the factor ``scale``; SwinIR takes ``in_chans`` (default 3)."""
+    if base_cls is RRDBNet:
+        return dict(num_in_ch=3, num_out_ch=3, scale=scale, **kwargs)
+    if base_cls is SwinIR:
+        return dict(upscale=scale, **kwargs)
+    return dict(num_in_ch=3, num_out_ch=3, upscale=scale, **kwargs)
+
+
+def swinir_args(embed_dim, depth, layers, window):
+    return dict(
+        embed_dim=embed_dim, depths=[depth] * layers, num_heads=[6] * layers, window_size=window, img_size=48,
+        mlp_ratio=2.0, upsampler='pixelshuffle', img_range=1.0,
+    )  # fmt: skip
 
 
 def configs(quick, scale):
@@ -54,6 +73,15 @@ def configs(quick, scale):
                 dict(num_feat=8, num_block=2, num_layer=2, growth=8),
                 1.15,
             ),
+            (
+                'rrdbnet',
+                'RRDBNet+ / RRDBNet (2 RRDBs, 8 feat)',
+                RRDBNet,
+                RRDBNetPlus,
+                dict(num_feat=8, num_block=2, num_grow_ch=4),
+                None,
+            ),
+            ('swinir', 'SwinIR+ / SwinIR (2 x 2 blocks, 12 dim)', SwinIR, SwinIRPlus, swinir_args(12, 2, 2, 4), None),
         ]
     return [
         ('edsr', 'EDSR+ / EDSR (16 blocks, 64 feat)', EDSR, EDSRPlus, dict(num_feat=64, num_block=16), 1.5),
@@ -81,6 +109,8 @@ def configs(quick, scale):
             dict(num_feat=64, num_block=16, num_layer=8, growth=64),
             1.15,
         ),
+        ('rrdbnet', 'RRDBNet+ / RRDBNet (23 RRDBs, 64 feat)', RRDBNet, RRDBNetPlus, dict(num_block=23), None),
+        ('swinir', 'SwinIR+ / SwinIR (6 x 6 blocks, 180 dim)', SwinIR, SwinIRPlus, swinir_args(180, 6, 6, 8), None),
     ]
 
 
@@ -90,7 +120,7 @@ def main():
     parser.add_argument('--size', type=int, default=48)
     parser.add_argument('--scale', type=int, default=4)
     parser.add_argument('--prompt-dim', type=int, default=512)
-    parser.add_argument('--only', default='', help='comma-separated subset of edsr,rcan,rdn')
+    parser.add_argument('--only', default='', help='comma-separated subset of edsr,rcan,rdn,rrdbnet,swinir')
     parser.add_argument('--banks', default='paper,compact', help='DCM kernel banks to time (default paper,compact)')
     args = parser.parse_args()
     banks = [b for b in args.banks.split(',') if b]
@@ -113,7 +143,7 @@ def main():
         if only and key not in only:
             continue
         torch.manual_seed(0)
-        common_kw = dict(num_in_ch=3, num_out_ch=3, upscale=args.scale, **kwargs)
+        common_kw = network_args(base_cls, args.scale, kwargs)
         base = base_cls(**common_kw).to(device)
         x = torch.rand(args.batch, 3, args.size, args.size, device=device)
         prompt = torch.randn(args.batch, args.prompt_dim, device=device)
@@ -137,7 +167,7 @@ def main():
                     f'{tp / tb:.3f}',
                     f'{ratio:.3f}',
                     f'{min_ratio(sp, sb):.3f}',
-                    verdict(ratio, target, quick=args.quick),
+                    verdict(ratio, target, quick=args.quick) if target else 'no target',
                 ]
             )
         print(f'  measured {label}', flush=True)

@@ -20,16 +20,20 @@ Parameter targets (compact bank, x4 defaults): EDSR+ <= 4x EDSR, RCAN+ <= 1.6x R
     .venv/bin/python benchmarks/count_params.py [--quick]
 """
 
+from bench_networks import network_args, swinir_args
 from common import make_parser, print_header, print_table, setup, verdict
 
 # isort: split
 import torch
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
+from basicsr.archs.rrdbnet_arch import RRDBNet
+from basicsr.archs.swinir_arch import SwinIR
 from torch.utils.flop_counter import FlopCounterMode
 
 from pdnsr.archs.dcm_arch import BANKS, DynamicCorrelationModule
 from pdnsr.archs.edsr_plus_arch import EDSRPlus
+from pdnsr.archs.prompt_guided_arch import RRDBNetPlus, SwinIRPlus
 from pdnsr.archs.rcan_plus_arch import RCANPlus
 from pdnsr.archs.rdn_arch import RDN, RDNPlus
 
@@ -79,6 +83,8 @@ def main():
             ('EDSR (tiny)', EDSR, EDSRPlus, dict(num_feat=8, num_block=2)),
             ('RCAN (tiny)', RCAN, RCANPlus, dict(num_feat=8, num_group=1, num_block=3, squeeze_factor=4)),
             ('RDN (tiny)', RDN, RDNPlus, dict(num_feat=8, num_block=2, num_layer=2, growth=8)),
+            ('RRDBNet (tiny)', RRDBNet, RRDBNetPlus, dict(num_feat=8, num_block=2, num_grow_ch=4)),
+            ('SwinIR (tiny)', SwinIR, SwinIRPlus, swinir_args(12, 2, 2, 4)),
         ]
     else:
         nets = [
@@ -90,12 +96,14 @@ def main():
                 dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16),
             ),
             ('RDN (D16 C8 G64)', RDN, RDNPlus, dict(num_feat=64, num_block=16, num_layer=8, growth=64)),
+            ('RRDBNet (ESRGAN, 23 RRDBs, 64 feat)', RRDBNet, RRDBNetPlus, dict(num_block=23)),
+            ('SwinIR (classical, 6 x 6 blocks, 180 dim)', SwinIR, SwinIRPlus, swinir_args(180, 6, 6, 8)),
         ]
 
     print_header(device, f'parameters and MACs per LR pixel (x4, prompt_dim {d}, default DCM options)')
     rows = []
     for label, base_cls, plus_cls, kwargs in nets:
-        kw = dict(num_in_ch=3, num_out_ch=3, upscale=4, **kwargs)
+        kw = network_args(base_cls, 4, kwargs)
         base = base_cls(**kw).to(device)
         bp, bi = macs_split(lambda s: (torch.rand(1, 3, s, s, device=device),), base, sizes)
         pb = count_params(base)
@@ -107,7 +115,7 @@ def main():
                 lambda s: (torch.rand(1, 3, s, s, device=device), torch.randn(1, d, device=device)), plus, sizes
             )
             pplus = count_params(plus)
-            target = PARAM_TARGETS[base_cls.__name__] if bank == 'compact' else None
+            target = PARAM_TARGETS.get(base_cls.__name__) if bank == 'compact' else None
             note = '' if target is None else verdict(pplus / pb, target, quick=args.quick)
             rows.append(
                 [
