@@ -29,6 +29,7 @@ __all__ = [
     'image_to_tensor',
     'load_weights',
     'make_prompt_encoder',
+    'read_checkpoint',
     'read_rgb',
     'resolve_device',
     'super_resolve',
@@ -78,6 +79,22 @@ def build_network_from_options(opt_path):
         raise ValueError(f'{opt_path}: cannot build network_g: {err}') from err
 
 
+def read_checkpoint(path, what='weights file'):
+    """The object saved in the checkpoint ``path`` (loaded on the CPU, weights only: plain tensors and containers).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be read as a checkpoint; the message starts with ``what`` and the path.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{what} {path} does not exist')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, EOFError) for bad files
+        raise ValueError(f'cannot read {what} {path}: {" ".join(str(err).split())[:300]}') from err
+
+
 def _state_dict_of(checkpoint, path):
     """(state dict, key used) of a loaded checkpoint: ``params_ema``, else ``params``, else a bare state dict."""
     if not isinstance(checkpoint, dict):
@@ -115,12 +132,7 @@ def load_weights(net, weights_path):
             mismatching key (missing, unexpected, or its two shapes).
     """
     weights_path = os.fspath(weights_path)
-    if not os.path.isfile(weights_path):
-        raise FileNotFoundError(f'weights file {weights_path} does not exist')
-    try:
-        checkpoint = torch.load(weights_path, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, EOFError) for bad files
-        raise ValueError(f'cannot read weights file {weights_path}: {" ".join(str(err).split())[:300]}') from err
+    checkpoint = read_checkpoint(weights_path)
     state, used = _state_dict_of(checkpoint, weights_path)
     state = {k[len('module.') :] if k.startswith('module.') else k: v for k, v in state.items()}
 

@@ -1,13 +1,14 @@
 """One builder of basicsr option dicts: the generator of ``options/``, the demo, the benchmarks and the tests.
 
 Each function returns a plain dict in basicsr's option layout; callers change what differs and dump it with
-:func:`write_options` (atomic). A prompt-guided network type (one that takes ``prompt_dim``, see
-:func:`pdnsr.archs.type_takes_prompt`) gets ``PromptPairedImageDataset`` datasets with ``dataroot_prompt`` from
-the caller; a baseline gets basicsr's ``PairedImageDataset`` from the same arguments, so a baseline and its "+" twin
-share one recipe.
+:func:`write_options` (atomic; optional comments, see :func:`to_yaml`). A prompt-guided network type (one that
+takes ``prompt_dim``, see :func:`pdnsr.archs.type_takes_prompt`) gets ``PromptPairedImageDataset`` datasets with
+``dataroot_prompt`` from the caller; a baseline gets basicsr's ``PairedImageDataset`` from the same arguments, so a
+baseline and its "+" twin share one recipe.
 """
 
 import os
+import re
 
 import yaml
 
@@ -16,9 +17,7 @@ from pdnsr.archs.dcm_arch import type_takes_prompt
 
 def psnr_ssim_metrics(scale):
     """basicsr's PSNR / SSIM on the Y channel with ``scale`` border pixels cropped (the paper's protocol)."""
-    return {
-        name: dict(type=f'calculate_{name}', crop_border=scale, test_y_channel=True) for name in ('psnr', 'ssim')
-    }
+    return {name: dict(type=f'calculate_{name}', crop_border=scale, test_y_channel=True) for name in ('psnr', 'ssim')}
 
 
 def dataset(name, hr, lr, prompts=None, prompted=False):
@@ -61,6 +60,19 @@ def network(net_type, scale, prompt_dim=512, dcm=None, **args):
     return opt
 
 
+def _run(name, scale, num_gpu, seed, datasets, network_g):
+    """The sections every run of PDNModel starts with, in basicsr's order."""
+    return dict(
+        name=name,
+        model_type='PDNModel',
+        scale=scale,
+        num_gpu=num_gpu,
+        manual_seed=seed,
+        datasets=datasets,
+        network_g=network_g,
+    )
+
+
 def train_options(
     name,
     network_g,
@@ -87,13 +99,7 @@ def train_options(
     the paper's schedule (PDNModel's default). ``val_sets``: {key: dataset dict} validated every ``val_freq``.
     """
     opt = dict(
-        name=name,
-        model_type='PDNModel',
-        scale=scale,
-        num_gpu=num_gpu,
-        manual_seed=seed,
-        datasets=dict(train=train_set, **(val_sets or {})),
-        network_g=network_g,
+        _run(name, scale, num_gpu, seed, dict(train=train_set, **(val_sets or {})), network_g),
         path=dict(pretrain_network_g=None, strict_load_g=True, resume_state=None),
         train=dict(
             ema_decay=ema_decay,
@@ -103,21 +109,91 @@ def train_options(
             warmup_iter=warmup_iter,
             pixel_opt=dict(type='L1Loss', loss_weight=1.0, reduction='mean'),
         ),
-        logger=dict(
-            print_freq=print_freq, save_checkpoint_freq=checkpoint_freq or iters, use_tb_logger=use_tb_logger
-        ),
     )
     if temperature is not None and type_takes_prompt(network_g['type']):
         opt['train']['temperature'] = dict(temperature)
     if val_sets:
         opt['val'] = dict(val_freq=val_freq or iters, save_img=False, metrics=psnr_ssim_metrics(scale))
+    opt['logger'] = dict(
+        print_freq=print_freq, save_checkpoint_freq=checkpoint_freq or iters, use_tb_logger=use_tb_logger
+    )
     return opt
 
 
-def write_options(opt, path):
-    """Dump ``opt`` as YAML to ``path`` atomically (a temporary name, then rename); returns ``path``."""
+def test_options(name, network_g, test_sets, scale, weights, num_gpu=0, seed=0, param_key='params', save_img=True):
+    """A whole test option dict for ``pdnsr/test.py``: PDNModel, ``weights`` loaded strictly, PSNR / SSIM.
+
+    ``test_sets``: {key: dataset dict} (keys ``test_1``, ``test_2``... as basicsr expects). A prompt-guided network
+    also gets ``val.save_attention: false`` (set DCM indices to save attention heat maps).
+    """
+    opt = dict(
+        _run(name, scale, num_gpu, seed, dict(test_sets), network_g),
+        path=dict(pretrain_network_g=weights, param_key_g=param_key, strict_load_g=True),
+        val=dict(save_img=save_img, suffix=None),
+    )
+    if type_takes_prompt(network_g['type']):
+        opt['val']['save_attention'] = False
+    opt['val']['metrics'] = psnr_ssim_metrics(scale)
+    return opt
+
+
+class _Dumper(yaml.SafeDumper):
+    """basicsr's option style: block mappings, ``[a, b]`` for lists of scalars, ``~`` for null."""
+
+
+_Dumper.add_representer(type(None), lambda dumper, _: dumper.represent_scalar('tag:yaml.org,2002:null', '~'))
+_Dumper.add_representer(
+    list,
+    lambda dumper, data: dumper.represent_sequence(
+        'tag:yaml.org,2002:seq', data, flow_style=all(not isinstance(v, (dict, list)) for v in data)
+    ),
+)
+_KEY_LINE = re.compile(r'^( *)([^\s#:][^:]*):( .*)?$')
+
+
+def to_yaml(opt, comments=None):
+    """``opt`` as YAML text, with comments.
+
+    Args:
+        opt (dict): the option dict (plain dicts, lists, scalars).
+        comments (dict | None): ``{key path: comment}``. A key path is a tuple of keys, e.g. ``('train',
+            'ema_decay')``; a string comment goes at the end of that key's line, a list of strings on lines of their
+            own above it. The path ``()`` puts its lines at the top of the file.
+
+    Returns:
+        str: the text; every top-level section that is a mapping is preceded by a blank line.
+    """
+    comments = dict(comments or {})
+    text = yaml.dump(opt, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
+    out = [f'# {line}'.rstrip() for line in comments.pop((), [])]
+    stack = []
+    for line in text.splitlines():
+        match = _KEY_LINE.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        indent, key, value = match.groups()
+        depth = len(indent) // 2
+        stack[depth:] = [key]
+        if depth == 0 and value is None and out:
+            out.append('')
+        comment = comments.pop(tuple(stack), None)
+        if isinstance(comment, (list, tuple)):
+            out += [f'{indent}# {c}'.rstrip() for c in comment]
+        elif comment:
+            line = f'{line}  # {comment}'
+        out.append(line)
+    if comments:
+        raise ValueError(f'to_yaml: comments for keys that are not in the options: {sorted(comments)}')
+    return '\n'.join(out) + '\n'
+
+
+def write_options(opt, path, comments=None):
+    """Dump ``opt`` as YAML (:func:`to_yaml`) to ``path`` atomically (a temporary name, then rename); returns
+    ``path``."""
+    text = to_yaml(opt, comments)
     tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp, 'w', encoding='utf-8') as f:
-        yaml.safe_dump(opt, f, sort_keys=False)
+        f.write(text)
     os.replace(tmp, path)
     return path

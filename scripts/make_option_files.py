@@ -12,9 +12,13 @@ import argparse
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS_DIR = os.path.join(ROOT, 'options')
+sys.path.insert(0, ROOT)  # run from a checkout that was not pip-installed
+
+from pdnsr import options as opts  # noqa: E402  (importing pdnsr registers the networks the builders look up)
 
 # Sub-images of COCO train2017 written by scripts/data_preparation/prepare_coco.py with its defaults. The log of
 # that script prints the real count: put it here and re-run this script if yours differs.
@@ -30,6 +34,8 @@ NETWORKS = {
     'rcan': ('RCAN', 'RCANPlus', dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16, res_scale=1)),
     'rdn': ('RDN', 'RDNPlus', dict(num_feat=64, num_block=16, num_layer=8, growth=64)),
 }
+DCM = dict(num_kernels=4, kernel_size=3, router_hidden=128, use_attention=True, use_dynamic=True)
+TEMPERATURE = dict(init=34, step=3, every_epochs=10, min=1)  # the paper's schedule, written out to be seen
 
 COCO_TEST_SETS = [  # (name, prompt kind): Set5 / Set14 have human captions; Urban100 has none, so image prompts
     ('Set5', 'text'),
@@ -38,75 +44,56 @@ COCO_TEST_SETS = [  # (name, prompt kind): Set5 / Set14 have human captions; Urb
 ]
 
 
+@dataclass
+class Experiment:
+    """One training option file and, if ``test`` names one, its test option file. Titles may use ``{label}`` (the
+    network type) and ``{scale}``."""
+
+    name: str
+    net: str  # a key of NETWORKS
+    plus: bool
+    scale: int
+    data: str  # 'coco' (COCO, tested on Set5 / Set14 / Urban100) or 'faces' (FFHQ, tested on CelebA-HQ)
+    title: str
+    test: str = None
+    test_title: str = None
+    dcm: dict = field(default_factory=dict)  # DCM options that differ from DCM
+    pretrain: str = None  # a published BasicSR checkpoint of the baseline to start from
+
+
+T1 = 'Table 1: PDN (RCAN+) x{scale} on COCO with text prompts'
+T1_TEST = 'Table 1: PDN (RCAN+) x{scale} on Set5 / Set14 (captions) and Urban100 (image prompts)'
+T1_FACES = 'Table 1: PDN (RCAN+) x{scale} on FFHQ with image prompts (flipped LR view)'
+T1_FACES_TEST = 'Table 1: PDN (RCAN+) x{scale} on CelebA-HQ with image prompts'
+T3 = 'Table 3: {label} x4 on COCO (baseline and "+" share this recipe)'
+T3_TEST = 'Table 3: {label} x4 on Set5 / Set14 / Urban100'
+T4_DY = 'Table 4: EDSR+ x4 without the dynamic convolution (w/o dy)'
+T4_ATT = 'Table 4: EDSR+ x4 without the attention (w/o att)'
+FINETUNE = 'RCAN+ x4 fine-tuned from a published BasicSR RCAN x4 checkpoint (only the DCMs start from scratch)'
+RCAN_BIX4 = 'experiments/pretrained_models/RCAN_BIX4-official.pth'  # RCAN_BIX4 from BasicSR's model zoo
+
+EXPERIMENTS = [
+    # Table 1: PDN = RCAN+ on COCO (x2, x4) and on FFHQ (x8, x16).
+    Experiment('train_rcan_x2', 'rcan', True, 2, 'coco', T1, 'test_rcan_x2', T1_TEST),
+    Experiment('train_rcan_x4', 'rcan', True, 4, 'coco', T1, 'test_rcan_x4', T1_TEST),
+    Experiment('train_rcan_x8_ffhq', 'rcan', True, 8, 'faces', T1_FACES, 'test_rcan_x8_celebahq', T1_FACES_TEST),
+    Experiment('train_rcan_x16_ffhq', 'rcan', True, 16, 'faces', T1_FACES, 'test_rcan_x16_celebahq', T1_FACES_TEST),
+    # Table 3: EDSR / RCAN / RDN and their "+" twins at x4 on COCO, from one recipe (RCAN+ is train_rcan_x4).
+    Experiment('train_edsr_baseline_x4', 'edsr', False, 4, 'coco', T3, 'test_edsr_baseline_x4', T3_TEST),
+    Experiment('train_edsr_x4', 'edsr', True, 4, 'coco', T3, 'test_edsr_x4', T3_TEST),
+    Experiment('train_rcan_baseline_x4', 'rcan', False, 4, 'coco', T3, 'test_rcan_baseline_x4', T3_TEST),
+    Experiment('train_rdn_baseline_x4', 'rdn', False, 4, 'coco', T3, 'test_rdn_baseline_x4', T3_TEST),
+    Experiment('train_rdn_x4', 'rdn', True, 4, 'coco', T3, 'test_rdn_x4', T3_TEST),
+    # Table 4: EDSR+ ablations.
+    Experiment('train_edsr_x4_no_dynamic', 'edsr', True, 4, 'coco', T4_DY, dcm=dict(use_dynamic=False)),
+    Experiment('train_edsr_x4_no_attention', 'edsr', True, 4, 'coco', T4_ATT, dcm=dict(use_attention=False)),
+    # Fine-tuning RCAN+ from a published BasicSR RCAN checkpoint: only the DCM keys are new.
+    Experiment('finetune_rcan_x4_from_basicsr', 'rcan', True, 4, 'coco', FINETUNE, pretrain=RCAN_BIX4),
+]
+
+
 def total_iters(num_images):
     return EPOCHS * math.ceil(num_images / BATCH)
-
-
-def yaml_value(v):
-    if isinstance(v, bool):
-        return 'true' if v else 'false'
-    if v is None:
-        return '~'
-    if isinstance(v, float):
-        return f'!!float {v:g}'
-    return str(v)
-
-
-def block(indent, mapping):
-    pad = ' ' * indent
-    return ''.join(f'{pad}{k}: {yaml_value(v)}\n' for k, v in mapping.items())
-
-
-def network_section(net, plus, scale, dcm=None):
-    base_type, plus_type, args = NETWORKS[net]
-    text = 'network_g:\n'
-    text += block(
-        2, {'type': plus_type if plus else base_type, 'num_in_ch': 3, 'num_out_ch': 3, **args, 'upscale': scale}
-    )
-    if plus:
-        text += '  prompt_dim: 512  # CLIP ViT-B-32; must equal the d of the prompt stores\n'
-        text += '  dcm:\n' + block(
-            4,
-            {
-                'num_kernels': 4,
-                'kernel_size': 3,
-                'router_hidden': 128,
-                'use_attention': True,
-                'use_dynamic': True,
-                'temperature': 34.0,
-                **(dcm or {}),
-            },
-        )
-    return text
-
-
-def dataset_section(key, name, root, lq_dir, prompt, phase, scale, plus, gt_dir='HR'):
-    """Folder layouts are those written by scripts/data_preparation/ (docs/data_preparation.md)."""
-    text = f'  {key}:\n    name: {name}\n'
-    text += f'    type: {"PromptPairedImageDataset" if plus else "PairedImageDataset"}\n'
-    text += f'    dataroot_gt: {root}/{gt_dir}\n    dataroot_lq: {root}/{lq_dir}\n'
-    if plus:
-        text += f'    dataroot_prompt: {prompt}\n'
-    text += '    io_backend:\n      type: disk\n'
-    if phase == 'train':
-        text += f'    gt_size: {LR_PATCH * scale}  # LR patches of {LR_PATCH}x{LR_PATCH}\n'
-        text += '    use_hflip: true\n    use_rot: true\n'
-        text += '    num_worker_per_gpu: 6\n    batch_size_per_gpu: 16\n    dataset_enlarge_ratio: 1\n'
-        text += '    prefetch_mode: ~\n'
-    return text
-
-
-def coco_train_data(scale, plus):
-    root = 'datasets/coco_train'
-    return dataset_section(
-        'train', 'COCO', root, f'LRx{scale}', f'{root}/prompts_text.lmdb', 'train', scale, plus, gt_dir='GT'
-    )
-
-
-def benchmark_data(key, name, kind, scale, plus):
-    root = f'datasets/{name}_x{scale}'
-    store = 'prompts_text.lmdb' if kind == 'text' else f'prompts_{kind}_x{scale}.lmdb'
-    return dataset_section(key, name, root, f'LRx{scale}', f'{root}/{store}', 'test', scale, plus)
 
 
 def face_hr_size(scale):
@@ -115,203 +102,118 @@ def face_hr_size(scale):
     return 512 if scale <= 8 else 1024
 
 
-def face_train_data(scale, plus):
-    root = f'datasets/ffhq_{face_hr_size(scale)}'
-    return dataset_section(
-        'train', 'FFHQ', root, f'LRx{scale}', f'{root}/prompts_image_x{scale}.lmdb', 'train', scale, plus
-    )
+def benchmark_set(name, kind, scale, plus):
+    """A test set written by prepare_benchmark.py (docs/data_preparation.md)."""
+    root = f'datasets/{name}_x{scale}'
+    store = 'prompts_text.lmdb' if kind == 'text' else f'prompts_{kind}_x{scale}.lmdb'
+    return opts.dataset(name, f'{root}/HR', f'{root}/LRx{scale}', f'{root}/{store}', plus)
 
 
-def face_test_data(key, scale, plus):
+def celebahq_set(scale, plus):
     root = f'datasets/celebahq_{face_hr_size(scale)}'
-    return dataset_section(
-        key, 'CelebA-HQ', root, f'LRx{scale}', f'{root}/prompts_image_x{scale}.lmdb', 'test', scale, plus
-    )
+    return opts.dataset('CelebA-HQ', f'{root}/HR', f'{root}/LRx{scale}', f'{root}/prompts_image_x{scale}.lmdb', plus)
 
 
-def metrics(scale, niqe=False):
-    text = (
-        '  metrics:\n'
-        f'    psnr:\n      type: calculate_psnr\n      crop_border: {scale}\n      test_y_channel: true\n'
-        f'    ssim:\n      type: calculate_ssim\n      crop_border: {scale}\n      test_y_channel: true\n'
-    )
-    if niqe:  # no-reference and slow: offered, not on by default
-        text += f'    # niqe:\n    #   type: calculate_niqe\n    #   crop_border: {scale}\n'
-    return text
-
-
-def train_file(
-    name, title, net, plus, scale, train_data, val_data, num_images, dataset_name, dcm=None, pretrain=None, lr=1e-4
-):
-    iters = total_iters(num_images)
-    text = f'# {title}\n# python pdnsr/train.py -opt options/{name}.yml\n'
-    text += f'name: {name}\nmodel_type: PDNModel\nscale: {scale}\nnum_gpu: auto\nmanual_seed: 0\n\n'
-    text += 'datasets:\n' + train_data + val_data + '\n'
-    text += network_section(net, plus, scale, dcm) + '\n'
-    text += 'path:\n'
-    if pretrain:
-        text += (
-            f'  # Start from a published BasicSR {NETWORKS[net][0]} checkpoint: backbone names are identical, '
-            f'so only the DCM\n  # keys are missing (strict_load_g: false); param_key_g picks params or '
-            f'params_ema.\n  pretrain_network_g: {pretrain}\n  param_key_g: params\n  strict_load_g: false\n'
-        )
+def train_set(data, scale, plus):
+    """(training dataset, its image count, its name) of the folder layouts of scripts/data_preparation/."""
+    if data == 'coco':
+        root, gt, prompts, name, count = 'datasets/coco_train', 'GT', 'prompts_text.lmdb', 'COCO', COCO_SUBIMAGES
     else:
-        text += '  pretrain_network_g: ~\n  strict_load_g: true\n'
-    text += '  resume_state: ~\n\n'
-    text += (
-        "train:\n  ema_decay: 0  # basicsr's EMA (e.g. 0.999) is not part of the paper's recipe\n"
-        '  optim_g:\n    type: Adam\n'
-        f'    lr: !!float {lr:g}\n    weight_decay: 0\n    betas: [0.9, 0.999]\n    eps: !!float 1e-8\n'
-        f'  scheduler:\n    type: CosineAnnealingRestartLR\n    periods: [{iters}]\n'
-        '    restart_weights: [1]\n    eta_min: !!float 1e-7\n\n'
-        f'  # {EPOCHS} epochs = {EPOCHS} * ceil(N * dataset_enlarge_ratio / (batch_size_per_gpu * GPUs))\n'
-        f'  #            = {EPOCHS} * ceil({num_images} / {BATCH}) with N = {num_images} {dataset_name} '
-        f'training images on one GPU.\n'
-        '  # Change N (or the GPU count) and total_iter / periods together.\n'
-        f'  total_iter: {iters}\n  warmup_iter: -1\n'
+        root, gt, name, count = f'datasets/ffhq_{face_hr_size(scale)}', 'HR', 'FFHQ', FFHQ_IMAGES
+        prompts = f'prompts_image_x{scale}.lmdb'
+    dataset = opts.train_dataset(
+        name, f'{root}/{gt}', f'{root}/LRx{scale}', LR_PATCH * scale, BATCH, f'{root}/{prompts}', plus, workers=6
     )
-    if plus:
-        text += (
-            '  temperature:  # router softmax temperature: init - step every every_epochs epochs, >= min\n'
-            '    init: 34\n    step: 3\n    every_epochs: 10\n    min: 1\n'
+    return dataset, count, name
+
+
+def test_sets(data, scale, plus):
+    if data == 'faces':
+        return [celebahq_set(scale, plus)]
+    return [benchmark_set(name, kind, scale, plus) for name, kind in COCO_TEST_SETS]
+
+
+def network(exp):
+    base_type, plus_type, args = NETWORKS[exp.net]
+    return opts.network(plus_type if exp.plus else base_type, exp.scale, dcm={**DCM, **exp.dcm}, **args)
+
+
+def title(exp, template):
+    return template.format(label=NETWORKS[exp.net][1 if exp.plus else 0], scale=exp.scale)
+
+
+def train_file(exp):
+    """(option dict, comments) of the training file of ``exp``."""
+    dataset, count, dataset_name = train_set(exp.data, exp.scale, exp.plus)
+    iters = total_iters(count)
+    opt = opts.train_options(
+        exp.name,
+        network(exp),
+        dataset,
+        exp.scale,
+        iters,
+        1e-4,
+        val_sets=dict(val=test_sets(exp.data, exp.scale, exp.plus)[0]),
+        num_gpu='auto',
+        temperature=TEMPERATURE,
+        checkpoint_freq=5e3,
+        val_freq=5e3,
+        use_tb_logger=True,
+    )
+    opt['logger']['wandb'] = dict(project=None, resume_id=None)
+    opt['dist_params'] = dict(backend='nccl', port=29500)
+    comments = {
+        (): [title(exp, exp.title), f'python pdnsr/train.py -opt options/{exp.name}.yml'],
+        ('datasets', 'train', 'gt_size'): f'LR patches of {LR_PATCH}x{LR_PATCH}',
+        ('train', 'ema_decay'): "basicsr's EMA (e.g. 0.999) is not part of the paper's recipe",
+        ('train', 'total_iter'): [
+            f'{EPOCHS} epochs = {EPOCHS} * ceil(N * dataset_enlarge_ratio / (batch_size_per_gpu * GPUs))',
+            f'           = {EPOCHS} * ceil({count} / {BATCH}) with N = {count} {dataset_name} training images on '
+            'one GPU.',
+            'Change N (or the GPU count) and total_iter / periods together.',
+        ],
+    }
+    if exp.plus:
+        comments[('network_g', 'prompt_dim')] = 'CLIP ViT-B-32; must equal the d of the prompt stores'
+        comments[('train', 'temperature')] = 'router softmax temperature: init - step every every_epochs epochs, >= min'
+    if exp.pretrain:
+        opt['path'] = dict(
+            pretrain_network_g=exp.pretrain, param_key_g='params', strict_load_g=False, resume_state=None
         )
-    text += (
-        '\n  pixel_opt:\n    type: L1Loss\n    loss_weight: 1.0\n    reduction: mean\n\n'
-        'val:\n  val_freq: !!float 5e3\n  save_img: false\n' + metrics(scale) + '\n'
-        'logger:\n  print_freq: 100\n  save_checkpoint_freq: !!float 5e3\n  use_tb_logger: true\n'
-        '  wandb:\n    project: ~\n    resume_id: ~\n\n'
-        'dist_params:\n  backend: nccl\n  port: 29500\n'
-    )
-    return text
+        comments[('path', 'pretrain_network_g')] = [
+            f'Start from a published BasicSR {NETWORKS[exp.net][0]} checkpoint: backbone names are identical, so '
+            'only the DCM',
+            'keys are missing (strict_load_g: false); param_key_g picks params or params_ema.',
+        ]
+    return opt, comments
 
 
-def test_file(name, title, net, plus, scale, test_sets, weights):
-    text = f'# {title}\n# python pdnsr/test.py -opt options/{name}.yml\n'
-    text += f'name: {name}\nmodel_type: PDNModel\nscale: {scale}\nnum_gpu: auto\nmanual_seed: 0\n\n'
-    text += 'datasets:\n' + ''.join(test_sets) + '\n'
-    text += network_section(net, plus, scale) + '\n'
-    text += (
-        'path:\n'
-        f'  pretrain_network_g: {weights}\n  param_key_g: params\n  strict_load_g: true\n\n'
-        'val:\n  save_img: true\n  suffix: ~\n'
-    )
-    if plus:
-        text += '  save_attention: false  # or DCM indices, e.g. [0, -1]: heat maps beside the SR images\n'
-    text += metrics(scale, niqe=True)
-    return text
-
-
-def coco_test_sets(scale, plus):
-    return [benchmark_data(f'test_{i + 1}', name, kind, scale, plus) for i, (name, kind) in enumerate(COCO_TEST_SETS)]
+def test_file(exp):
+    """(option dict, comments) of the test file of ``exp``."""
+    sets = {f'test_{i + 1}': s for i, s in enumerate(test_sets(exp.data, exp.scale, exp.plus))}
+    weights = f'experiments/{exp.name}/models/net_g_latest.pth'
+    opt = opts.test_options(exp.test, network(exp), sets, exp.scale, weights, num_gpu='auto')
+    comments = {
+        (): [title(exp, exp.test_title), f'python pdnsr/test.py -opt options/{exp.test}.yml'],
+        ('val', 'metrics', 'psnr'): [  # no-reference and slow: offered, not on by default
+            'niqe:',
+            '  type: calculate_niqe',
+            f'  crop_border: {exp.scale}',
+        ],
+    }
+    if exp.plus:
+        comments[('network_g', 'prompt_dim')] = 'CLIP ViT-B-32; must equal the d of the prompt stores'
+        comments[('val', 'save_attention')] = 'or DCM indices, e.g. [0, -1]: heat maps beside the SR images'
+    return opt, comments
 
 
 def all_files():
+    """{file name: YAML text} of every option file."""
     files = {}
-    # Table 1: PDN = RCAN+ on COCO (x2, x4) and on FFHQ (x8, x16).
-    for scale in (2, 4):
-        name = f'train_rcan_x{scale}'
-        files[name] = train_file(
-            name,
-            f'Table 1: PDN (RCAN+) x{scale} on COCO with text prompts',
-            'rcan',
-            True,
-            scale,
-            coco_train_data(scale, True),
-            benchmark_data('val', 'Set5', 'text', scale, True),
-            COCO_SUBIMAGES,
-            'COCO',
-        )
-        files[f'test_rcan_x{scale}'] = test_file(
-            f'test_rcan_x{scale}',
-            f'Table 1: PDN (RCAN+) x{scale} on Set5 / Set14 (captions) and Urban100 (image prompts)',
-            'rcan',
-            True,
-            scale,
-            coco_test_sets(scale, True),
-            f'experiments/{name}/models/net_g_latest.pth',
-        )
-    for scale in (8, 16):
-        name = f'train_rcan_x{scale}_ffhq'
-        files[name] = train_file(
-            name,
-            f'Table 1: PDN (RCAN+) x{scale} on FFHQ with image prompts (flipped LR view)',
-            'rcan',
-            True,
-            scale,
-            face_train_data(scale, True),
-            face_test_data('val', scale, True),
-            FFHQ_IMAGES,
-            'FFHQ',
-        )
-        files[f'test_rcan_x{scale}_celebahq'] = test_file(
-            f'test_rcan_x{scale}_celebahq',
-            f'Table 1: PDN (RCAN+) x{scale} on CelebA-HQ with image prompts',
-            'rcan',
-            True,
-            scale,
-            [face_test_data('test_1', scale, True)],
-            f'experiments/{name}/models/net_g_latest.pth',
-        )
-    # Table 3: EDSR / RCAN / RDN and their "+" twins at x4 on COCO, from one recipe. train_rcan_x4 is RCAN+.
-    for net in NETWORKS:
-        for plus in (False, True):
-            if net == 'rcan' and plus:
-                continue
-            name = f'train_{net}_x4' if plus else f'train_{net}_baseline_x4'
-            label = NETWORKS[net][1 if plus else 0]
-            files[name] = train_file(
-                name,
-                f'Table 3: {label} x4 on COCO (baseline and "+" share this recipe)',
-                net,
-                plus,
-                4,
-                coco_train_data(4, plus),
-                benchmark_data('val', 'Set5', 'text', 4, plus),
-                COCO_SUBIMAGES,
-                'COCO',
-            )
-            test_name = name.replace('train_', 'test_')
-            files[test_name] = test_file(
-                test_name,
-                f'Table 3: {label} x4 on Set5 / Set14 / Urban100',
-                net,
-                plus,
-                4,
-                coco_test_sets(4, plus),
-                f'experiments/{name}/models/net_g_latest.pth',
-            )
-    # Table 4: EDSR+ ablations.
-    for suffix, dcm, label in (
-        ('no_dynamic', {'use_dynamic': False}, 'without the dynamic convolution (w/o dy)'),
-        ('no_attention', {'use_attention': False}, 'without the attention (w/o att)'),
-    ):
-        name = f'train_edsr_x4_{suffix}'
-        files[name] = train_file(
-            name,
-            f'Table 4: EDSR+ x4 {label}',
-            'edsr',
-            True,
-            4,
-            coco_train_data(4, True),
-            benchmark_data('val', 'Set5', 'text', 4, True),
-            COCO_SUBIMAGES,
-            'COCO',
-            dcm=dcm,
-        )
-    # Fine-tuning RCAN+ from a published BasicSR RCAN checkpoint (e.g. RCAN_BIX4 from BasicSR's model zoo).
-    name = 'finetune_rcan_x4_from_basicsr'
-    files[name] = train_file(
-        name,
-        'RCAN+ x4 fine-tuned from a published BasicSR RCAN x4 checkpoint (only the DCMs start from scratch)',
-        'rcan',
-        True,
-        4,
-        coco_train_data(4, True),
-        benchmark_data('val', 'Set5', 'text', 4, True),
-        COCO_SUBIMAGES,
-        'COCO',
-        pretrain='experiments/pretrained_models/RCAN_BIX4-official.pth',
-    )
+    for exp in EXPERIMENTS:
+        files[exp.name] = opts.to_yaml(*train_file(exp))
+        if exp.test:
+            files[exp.test] = opts.to_yaml(*test_file(exp))
     return files
 
 
@@ -327,7 +229,7 @@ def main(argv=None):
             continue
         stale.append(path)
         if not args.check:
-            tmp = path + '.tmp'
+            tmp = f'{path}.tmp{os.getpid()}'
             with open(tmp, 'w', encoding='utf-8') as f:
                 f.write(text)
             os.replace(tmp, path)

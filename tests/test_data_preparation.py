@@ -127,6 +127,7 @@ def test_prepare_benchmark(tmp_path, capsys):
     np.testing.assert_array_equal(cv2.imread(str(out / 'LRx3' / 'head.png')), blur_downsample(hr, 3, 0))
 
 
+@pytest.mark.slow
 def test_prepare_benchmark_cli_user_error(tmp_path):
     script = REPO_ROOT / 'scripts' / 'data_preparation' / 'prepare_benchmark.py'
     proc = subprocess.run(

@@ -189,6 +189,7 @@ def test_super_resolve_prompt_matters_and_baseline_ignores_it(paired_data, model
 
 # ---------------------------------------------------------------------------------------------------------------------
 # CLI
+@pytest.mark.slow
 def test_cli_text_prompt_real_encoder(tmp_path, paired_data, models, clip_encoder, capsys):
     """Builds its own random-weight CLIP (--clip-pretrained none) and matches the library call."""
     model = models['edsr_plus']
@@ -384,6 +385,7 @@ def test_cli_cuda_without_cuda(tmp_path, paired_data, models, capsys):
     assert code == 2 and 'no CUDA device' in err
 
 
+@pytest.mark.slow
 def test_script_entry_point_runs_as_a_process(tmp_path, paired_data, models):
     """The thin script runs as a user would start it; a user error is one line and exit status 2, no traceback."""
     model = models['edsr_plus']

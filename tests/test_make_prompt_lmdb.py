@@ -176,6 +176,7 @@ def _entries(path):
         env.close()
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_no_store_and_resume_matches_uninterrupted(tmp_path, encoder, cli):
     _write_images(tmp_path / 'imgs', 8)
     out = str(tmp_path / 'killed.lmdb')

@@ -47,6 +47,7 @@ def test_there_is_an_option_file_per_experiment():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', OPTION_FILES, ids=os.path.basename)
 def test_option_file_builds_network_and_model(path):
     with open(path) as f:

@@ -67,6 +67,7 @@ def test_long_caption_is_truncated_with_a_warning_naming_its_key(encoder, caplog
     _assert_unit_rows(out, 2)
 
 
+@pytest.mark.slow
 def test_encode_images_views(encoder, images):
     flipped = encoder.encode_images(images, view='flip')
     _assert_unit_rows(flipped, len(images))
@@ -83,6 +84,7 @@ def test_encode_images_rejects_bad_input(encoder, images):
         encoder.encode_images(images, view='hr')
 
 
+@pytest.mark.slow
 def test_encode_mixed_is_normalised_sum_per_caption(encoder, images):
     texts = [['a bird', 'a toucan on a branch'], ['a baby'], ['x', 'y', 'z']]
     mixed = encoder.encode_mixed(texts, images[:3], view='flip')

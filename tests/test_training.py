@@ -16,63 +16,37 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT
-from pdnsr.archs.dcm_arch import dcm_modules
+from pdnsr import options as opts
+from pdnsr.archs.dcm_arch import dcm_modules, type_takes_prompt
 
 TINY_NETS = {
-    'EDSRPlus': dict(num_feat=16, num_block=2, prompt_dim=512),
-    'RCANPlus': dict(num_feat=16, num_group=2, num_block=2, squeeze_factor=4, prompt_dim=512, num_dcm_per_group=2),
+    'EDSRPlus': dict(num_feat=16, num_block=2),
+    'RCANPlus': dict(num_feat=16, num_group=2, num_block=2, squeeze_factor=4, num_dcm_per_group=2),
     'EDSR': dict(num_feat=16, num_block=2),
 }
 
 
 def tiny_options(data, name, net_type='EDSRPlus', total_iter=30, every_epochs=1, **train_extra):
-    plus = net_type.endswith('Plus')
-    dataset = dict(
-        name='tiny',
-        type='PromptPairedImageDataset' if plus else 'PairedImageDataset',
-        dataroot_gt=data['hr'],
-        dataroot_lq=data['lr'],
-        io_backend=dict(type='disk'),
-    )
-    if plus:
-        dataset['dataroot_prompt'] = data['image_store']
-    train_set = dict(
-        dataset,
-        gt_size=32,
-        use_hflip=True,
-        use_rot=True,
-        num_worker_per_gpu=0,
-        batch_size_per_gpu=2,
-        dataset_enlarge_ratio=1,
-        prefetch_mode=None,
-    )
-    opt = dict(
-        name=name,
-        model_type='PDNModel',
+    """A training option dict (:mod:`pdnsr.options`) of a tiny network on ``paired_data``, validated at the end."""
+    plus = type_takes_prompt(net_type)
+    prompts = data['image_store'] if plus else None
+    opt = opts.train_options(
+        name,
+        opts.network(net_type, 2, **TINY_NETS[net_type]),
+        opts.train_dataset('tiny', data['hr'], data['lr'], 32, 2, prompts, plus),
         scale=2,
-        num_gpu=0,
-        manual_seed=0,
-        datasets=dict(train=train_set, val=dict(dataset, name='tinyval')),
-        network_g=dict(type=net_type, num_in_ch=3, num_out_ch=3, upscale=2, **TINY_NETS[net_type]),
-        path=dict(pretrain_network_g=None, strict_load_g=True, resume_state=None),
-        train=dict(
-            ema_decay=0.9,
-            optim_g=dict(type='Adam', lr=2e-3, betas=[0.9, 0.999], eps=1e-8),
-            scheduler=dict(type='CosineAnnealingRestartLR', periods=[total_iter], restart_weights=[1], eta_min=1e-5),
-            total_iter=total_iter,
-            warmup_iter=-1,
-            pixel_opt=dict(type='L1Loss', loss_weight=1.0),
-            **train_extra,
-        ),
-        val=dict(
-            val_freq=total_iter,
-            save_img=True,
-            metrics=dict(psnr=dict(type='calculate_psnr', crop_border=2, test_y_channel=True)),
-        ),
-        logger=dict(print_freq=5, save_checkpoint_freq=10, use_tb_logger=True),
+        iters=total_iter,
+        lr=2e-3,
+        val_sets=dict(val=opts.dataset('tinyval', data['hr'], data['lr'], prompts, plus)),
+        ema_decay=0.9,
+        eta_min=1e-5,
+        temperature=dict(init=34, step=3, every_epochs=every_epochs, min=1),
+        print_freq=5,
+        checkpoint_freq=10,
+        use_tb_logger=True,
     )
-    if plus:
-        opt['train']['temperature'] = dict(init=34, step=3, every_epochs=every_epochs, min=1)
+    opt['train'].update(train_extra)
+    opt['val']['save_img'] = True
     return opt
 
 
@@ -98,6 +72,7 @@ def log_values(log, key):
     return [float(v) for v in re.findall(rf'{key}: ([-+0-9.e]+)', log)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('net_type', ['EDSRPlus', 'RCANPlus'])
 def test_train_end_to_end(paired_data, tmp_path, net_type):
     opt = tiny_options(paired_data, f'e2e_{net_type}', net_type, total_iter=40)
@@ -118,12 +93,14 @@ def test_train_end_to_end(paired_data, tmp_path, net_type):
     assert log_values(log, 'temperature')[:2] == [31.0, 25.0]  # iteration 5 is in epoch 1, iteration 10 in epoch 3
 
 
+@pytest.mark.slow
 def test_baseline_trains_under_the_same_model(paired_data, tmp_path):
     opt = tiny_options(paired_data, 'e2e_edsr', 'EDSR', total_iter=10)
     log = run_cli('train.py', opt, tmp_path)
     assert log_values(log, 'l_pix') and 'temperature' not in log.split('Start training')[-1]
 
 
+@pytest.mark.slow
 def test_auto_resume_continues_schedule_and_optimizer(paired_data, tmp_path):
     full = tiny_options(paired_data, 'full', total_iter=30)
     full_log = run_cli('train.py', full, tmp_path)
@@ -146,22 +123,14 @@ def test_auto_resume_continues_schedule_and_optimizer(paired_data, tmp_path):
     assert steps == {30}, f'Adam state did not continue from iteration 15: {steps}'
 
 
+@pytest.mark.slow
 def test_test_script_writes_images_metrics_and_attention(paired_data, tmp_path):
     train = tiny_options(paired_data, 'for_test', total_iter=10)
     run_cli('train.py', train, tmp_path)
     weights = str(tmp_path / 'experiments' / 'for_test' / 'models' / 'net_g_latest.pth')
-    val = copy.deepcopy(train['datasets']['val'])
-    opt = dict(
-        name='tiny_test',
-        model_type='PDNModel',
-        scale=2,
-        num_gpu=0,
-        manual_seed=0,
-        datasets=dict(test_1=dict(val, name='tinytest', dataroot_prompt=paired_data['text_store'])),
-        network_g=train['network_g'],
-        path=dict(pretrain_network_g=weights, param_key_g='params_ema', strict_load_g=True),
-        val=dict(save_img=True, suffix=None, save_attention=[0, -1], metrics=train['val']['metrics']),
-    )
+    test_set = dict(train['datasets']['val'], name='tinytest', dataroot_prompt=paired_data['text_store'])
+    opt = opts.test_options('tiny_test', train['network_g'], dict(test_1=test_set), 2, weights, param_key='params_ema')
+    opt['val']['save_attention'] = [0, -1]
     run_cli('test.py', opt, tmp_path)
     results = tmp_path / 'results' / 'tiny_test'
     table = (results / 'metrics.md').read_text()
@@ -207,40 +176,46 @@ def test_enlarge_ratio_and_batch_count_like_basicsr(paired_data):
     assert model.current_temperature == 31
 
 
-def test_clear_errors_before_training(paired_data, tmp_path):
+def _without_val_prompts(opt):
+    del opt['datasets']['val']['dataroot_prompt']
+    opt['datasets']['val']['type'] = 'PairedImageDataset'
+
+
+BAD_OPTIONS = [  # (change of a good option dict, exception, message)
+    (_without_val_prompts, ValueError, r'datasets.val: network_g type EDSRPlus takes prompts'),
+    (lambda opt: opt['network_g'].update(prompt_dim=256), ValueError, r'size 512 but network_g.prompt_dim is 256'),
+    (
+        lambda opt: opt['network_g'].update(dcm=dict(num_kernel=4)),
+        ValueError,
+        r"unknown DCM option\(s\) \['num_kernel'\]",
+    ),
+    (
+        lambda opt: opt['network_g'].update(prompt_dims=512),
+        ValueError,
+        r"network_g: unknown option\(s\) \['prompt_dims'\]",
+    ),
+    (
+        lambda opt: opt['train'].update(temperature=dict(start=34)),
+        ValueError,
+        r"train.temperature: unknown option\(s\) \['start'\]",
+    ),
+    (lambda opt: opt['datasets']['val'].update(dataroot_prompt='nowhere.lmdb'), FileNotFoundError, 'nowhere.lmdb'),
+]
+if not torch.cuda.is_available():
+    BAD_OPTIONS.append(
+        (lambda opt: opt.update(num_gpu=1), ValueError, r'num_gpu: 1 but this machine has no CUDA device')
+    )
+
+
+@pytest.mark.parametrize('change, error, message', BAD_OPTIONS)
+def test_clear_errors_before_training(paired_data, change, error, message):
     opt = tiny_options(paired_data, 'bad')
-    no_prompts = copy.deepcopy(opt)
-    del no_prompts['datasets']['val']['dataroot_prompt']
-    no_prompts['datasets']['val']['type'] = 'PairedImageDataset'
-    with pytest.raises(ValueError, match=r'datasets.val: network_g type EDSRPlus takes prompts'):
-        build_model(no_prompts)
-    wrong_dim = copy.deepcopy(opt)
-    wrong_dim['network_g']['prompt_dim'] = 256
-    with pytest.raises(ValueError, match=r'size 512 but network_g.prompt_dim is 256'):
-        build_model(wrong_dim)
-    unknown = copy.deepcopy(opt)
-    unknown['network_g']['dcm'] = dict(num_kernel=4)
-    with pytest.raises(ValueError, match=r"unknown DCM option\(s\) \['num_kernel'\]"):
-        build_model(unknown)
-    unknown_net = copy.deepcopy(opt)
-    unknown_net['network_g']['prompt_dims'] = 512
-    with pytest.raises(ValueError, match=r"network_g: unknown option\(s\) \['prompt_dims'\]"):
-        build_model(unknown_net)
-    bad_sched = copy.deepcopy(opt)
-    bad_sched['train']['temperature'] = dict(start=34)
-    with pytest.raises(ValueError, match=r"train.temperature: unknown option\(s\) \['start'\]"):
-        build_model(bad_sched)
-    if not torch.cuda.is_available():
-        on_gpu = copy.deepcopy(opt)
-        on_gpu['num_gpu'] = 1
-        with pytest.raises(ValueError, match=r'num_gpu: 1 but this machine has no CUDA device'):
-            build_model(on_gpu)
-    missing_store = copy.deepcopy(opt)
-    missing_store['datasets']['val']['dataroot_prompt'] = str(tmp_path / 'nowhere.lmdb')
-    with pytest.raises(FileNotFoundError, match='nowhere.lmdb'):
-        build_model(missing_store)
+    change(opt)
+    with pytest.raises(error, match=message):
+        build_model(opt)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_on_cpu_agree(paired_data, tmp_path):
     """Two gloo processes train a few iterations through basicsr's pipeline; every rank dumps its weights."""
     opt = tiny_options(paired_data, 'ddp', total_iter=6)
@@ -278,6 +253,7 @@ def test_torchrun_two_processes_on_cpu_agree(paired_data, tmp_path):
     assert any(not torch.equal(rank0[k], fresh[k]) for k in rank0), 'training did not change the weights'
 
 
+@pytest.mark.slow
 def test_cli_user_error_is_one_line_with_exit_status_2(paired_data, tmp_path):
     opt = tiny_options(paired_data, 'missing_store')
     opt['datasets']['train']['dataroot_prompt'] = str(tmp_path / 'nowhere.lmdb')

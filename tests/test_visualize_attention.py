@@ -8,19 +8,10 @@ import pytest
 import torch
 
 from pdnsr import inference
+from pdnsr import options as opts
 from pdnsr.inference import build_network_from_options
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-NET = """
-network_g:
-  type: EDSRPlus
-  num_in_ch: 3
-  num_out_ch: 3
-  num_feat: 8
-  num_block: 2
-  upscale: 2
-"""
 
 
 @pytest.fixture(scope='module')
@@ -37,8 +28,7 @@ def script():
 def model(tmp_path, monkeypatch, clip_encoder):
     # The session's random-weight CLIP stands in for --clip-pretrained none (same seed, same weights, built once).
     monkeypatch.setattr(inference, 'PromptEncoder', lambda *args, **kwargs: clip_encoder)
-    opt = tmp_path / 'net.yml'
-    opt.write_text(NET)
+    opt = opts.write_options(dict(network_g=opts.network('EDSRPlus', 2, num_feat=8, num_block=2)), tmp_path / 'net.yml')
     torch.manual_seed(0)
     state = build_network_from_options(opt).state_dict()
     weights = tmp_path / 'net.pth'
@@ -46,26 +36,16 @@ def model(tmp_path, monkeypatch, clip_encoder):
     return str(opt), str(weights)
 
 
+def _argv(model, paired_data, output, *extra):
+    image = os.path.join(paired_data['lr'], 'astronaut.png')
+    return ['--opt', model[0], '--weights', model[1], '--image', image, '--output', str(output), *extra]
+
+
 @pytest.mark.parametrize('background', ['sr', 'lr'])
 def test_figure_written(tmp_path, paired_data, model, script, capsys, background):
     out = tmp_path / 'figs' / 'fig.png'
     prompts = ['an astronaut in a white spacesuit', 'an american flag behind a person with a long caption that wraps']
-    argv = [
-        '--opt',
-        model[0],
-        '--weights',
-        model[1],
-        '--image',
-        os.path.join(paired_data['lr'], 'astronaut.png'),
-        '--output',
-        str(out),
-        '--clip-pretrained',
-        'none',
-        '--background',
-        background,
-        '--dcm',
-        '0',
-    ]
+    argv = _argv(model, paired_data, out, '--clip-pretrained', 'none', '--background', background, '--dcm', '0')
     for p in prompts:
         argv += ['--prompt', p]
     assert script.main(argv) == 0, capsys.readouterr().err
@@ -75,26 +55,11 @@ def test_figure_written(tmp_path, paired_data, model, script, capsys, background
     assert 3 * 96 < fig.shape[1] < 3 * 96 + 30 and fig.shape[0] > 96
     strip = fig[96:]
     assert (strip < 128).any()  # some text was drawn
-    assert not os.path.exists(f'{out}.tmp')
+    assert os.listdir(out.parent) == ['fig.png']  # no temporary file left
 
 
 def test_bad_dcm_index(tmp_path, paired_data, model, script, capsys):
-    argv = [
-        '--opt',
-        model[0],
-        '--weights',
-        model[1],
-        '--image',
-        os.path.join(paired_data['lr'], 'astronaut.png'),
-        '--output',
-        str(tmp_path / 'fig.png'),
-        '--clip-pretrained',
-        'none',
-        '--prompt',
-        'a',
-        '--dcm',
-        '7',
-    ]
+    argv = _argv(model, paired_data, tmp_path / 'fig.png', '--clip-pretrained', 'none', '--prompt', 'a', '--dcm', '7')
     assert script.main(argv) == 2
     assert 'has 2 DCMs' in capsys.readouterr().err
     assert not (tmp_path / 'fig.png').exists()

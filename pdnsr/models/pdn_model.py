@@ -1,40 +1,25 @@
 """PDNModel: basicsr's SRModel with a prompt, the DCM temperature schedule, and attention-mask outputs."""
 
 import copy
-import inspect
 import os
-from collections import OrderedDict
 
-import torch
 from basicsr.data import build_dataset
+from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
-from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
-from torch.nn.parallel import DistributedDataParallel
+from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
-from pdnsr.archs.dcm_arch import dcm_modules, set_dcm_temperature
+from pdnsr.archs.dcm_arch import dcm_modules, select_dcms, set_dcm_temperature, takes_prompt
+from pdnsr.archs.network_options import check_network_options
+from pdnsr.data.image_files import image_key
 from pdnsr.data.prompt_store import PromptStore
+from pdnsr.models.model_mixins import CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin
 from pdnsr.models.temperature import TemperatureSchedule, epoch_of_iter, iters_per_epoch
 from pdnsr.utils.visualization import overlay_heatmap
 
 
-def check_network_options(opt_net):
-    """Refuse a ``network_g`` section with options its ``type`` does not take, naming them (before building)."""
-    net_type = opt_net.get('type')
-    if net_type is None:
-        raise ValueError('network_g: missing "type" (e.g. type: RCANPlus)')
-    cls = ARCH_REGISTRY.get(net_type)
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(set(opt_net) - set(params) - {'type'})
-    if unknown:
-        valid = sorted(set(params) - {'self'})
-        raise ValueError(f'network_g: unknown option(s) {unknown} for type {net_type}; valid options: {valid}')
-
-
 @MODEL_REGISTRY.register()
-class PDNModel(SRModel):
+class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, SRModel):
     """SR model whose network may take a prompt embedding: ``net_g(lq, prompt)`` for "+" networks.
 
     Baseline networks (basicsr ``EDSR``, ``RCAN``, pdnsr ``RDN``) run under this model too and ignore the prompt,
@@ -44,30 +29,35 @@ class PDNModel(SRModel):
       every DCM of ``net_g`` and ``net_g_ema`` from the iteration, with epochs counted as basicsr counts them.
     - ``val.save_attention``: DCM indices (``[0, -1]``) or ``true`` (first and last) whose attention masks are
       saved as heat maps beside the SR images during validation / testing, and sent to tensorboard.
+
+    SRModel's own training step and test call ``net_g(lq)``; a forward pre-hook on ``net_g`` / ``net_g_ema`` adds
+    the batch's prompt there, so their loss assembly, EMA and logging are basicsr's.
     """
 
     def __init__(self, opt):
-        if opt.get('num_gpu', 0) and not torch.cuda.is_available():
-            # basicsr would otherwise fail deep inside the first .to('cuda') with a torch error.
-            raise ValueError(
-                f'num_gpu: {opt["num_gpu"]} but this machine has no CUDA device; set num_gpu: 0 (CPU) or num_gpu: auto'
-            )
         check_network_options(opt['network_g'])
+        self.prompt = None
         self.temperature_schedule = None
         self.current_temperature = None
         self._num_iter_per_epoch = None
         self._val_context = None
-        self._metric_rows = []
         super().__init__(opt)
         self.prompt_dim = getattr(self.get_bare_model(self.net_g), 'prompt_dim', None)
         self._check_datasets()
+        for net in (self.net_g, getattr(self, 'net_g_ema', None)):
+            if net is not None and takes_prompt(net):
+                net.register_forward_pre_hook(self._add_prompt)
 
-    # ------------------------------------------------------------------ set-up
-    def init_training_settings(self):
-        super().init_training_settings()
-        if dcm_modules(self.net_g):
-            self.temperature_schedule = TemperatureSchedule.from_opt(self.opt['train'].get('temperature'))
-            self.set_temperature(self.temperature_schedule.at_epoch(0))
+    # ------------------------------------------------------------------ prompt in
+    def _add_prompt(self, net, args):
+        """Forward pre-hook: ``net(lq)`` becomes ``net(lq, prompt)`` with the prompt of the batch fed last."""
+        return (*args, self.prompt) if len(args) == 1 else None
+
+    def feed_data(self, data):
+        super().feed_data(data)
+        prompt = data.get('prompt')
+        self.prompt = None if prompt is None else prompt.to(self.device, non_blocking=True)
+        self.lq_path = data.get('lq_path')
 
     def _check_datasets(self):
         """Every dataset of a "+" network needs prompts of the network's size: say so before any training."""
@@ -90,15 +80,13 @@ class PDNModel(SRModel):
                     f'a CLIP model of size {self.prompt_dim} or set prompt_dim: {store_dim}'
                 )
 
-    def model_to_device(self, net):
-        # basicsr wraps DDP with device_ids=[current CUDA device]; on CPU (gloo) DDP takes no device ids.
-        if self.opt['dist'] and self.device.type == 'cpu':
-            return DistributedDataParallel(
-                net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False)
-            )
-        return super().model_to_device(net)
-
     # ------------------------------------------------------------------ temperature
+    def init_training_settings(self):
+        super().init_training_settings()
+        if dcm_modules(self.net_g):
+            self.temperature_schedule = TemperatureSchedule.from_opt(self.opt['train'].get('temperature'))
+            self.set_temperature(self.temperature_schedule.at_epoch(0))
+
     def set_temperature(self, value):
         """Set the router temperature of every DCM in net_g and net_g_ema (EMA copies parameters only)."""
         if value == self.current_temperature:
@@ -111,10 +99,8 @@ class PDNModel(SRModel):
     def _iters_per_epoch(self):
         if self._num_iter_per_epoch is None:
             train_opt = self.opt['datasets']['train']
-            # The model is built after basicsr's dataloader and never sees it: count the images the same way.
-            num_images = len(build_dataset(copy.deepcopy(train_opt)))
             self._num_iter_per_epoch = iters_per_epoch(
-                num_images,
+                count_images(train_opt),
                 train_opt.get('dataset_enlarge_ratio', 1),
                 train_opt['batch_size_per_gpu'],
                 self.opt['world_size'],
@@ -132,63 +118,13 @@ class PDNModel(SRModel):
             epoch = epoch_of_iter(current_iter, self._iters_per_epoch())
             self.set_temperature(self.temperature_schedule.at_epoch(epoch))
 
-    # ------------------------------------------------------------------ data and forward
-    def feed_data(self, data):
-        super().feed_data(data)
-        prompt = data.get('prompt')
-        self.prompt = None if prompt is None else prompt.to(self.device, non_blocking=True)
-        self.lq_path = data.get('lq_path')
-
-    def run_network(self, net):
-        """``net(lq, prompt)`` for prompt-guided networks, ``net(lq)`` for baselines."""
-        if self.prompt_dim is None:
-            return net(self.lq)
-        return net(self.lq, self.prompt)
-
-    def optimize_parameters(self, current_iter):
-        self.optimizer_g.zero_grad(set_to_none=True)
-        self.output = self.run_network(self.net_g)
-        loss_dict = OrderedDict()
-        if self.cri_pix:
-            loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
-        if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
-            if l_percep is not None:
-                loss_dict['l_percep'] = l_percep
-            if l_style is not None:
-                loss_dict['l_style'] = l_style
-        sum(loss_dict.values()).backward()
-        self.optimizer_g.step()
-        # Losses stay on the device; they are reduced (a host sync) only when basicsr asks for the log.
-        self.log_dict = OrderedDict((k, v.detach()) for k, v in loss_dict.items())
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
-
     def get_current_log(self):
-        log = self.reduce_loss_dict(self.log_dict)
+        log = super().get_current_log()
         if self.current_temperature is not None:
             log['temperature'] = self.current_temperature
         return log
 
-    def test(self):
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
-        was_training = net.training
-        net.eval()
-        chosen = self._attention_dcms(net)
-        for dcm in chosen.values():
-            dcm.keep_attention = True
-        try:
-            with torch.no_grad():
-                self.output = self.run_network(net)
-            self.attention = {i: dcm.last_attention for i, dcm in chosen.items()}
-        finally:
-            for dcm in chosen.values():
-                dcm.keep_attention, dcm.last_attention = False, None
-            net.train(was_training)
-        if self.attention:
-            self._save_attention()
-
-    # ------------------------------------------------------------------ validation extras
+    # ------------------------------------------------------------------ attention export
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         self._val_context = dict(
             dataset=dataloader.dataset.opt['name'], iter=current_iter, tb_logger=tb_logger, save_img=save_img
@@ -198,31 +134,30 @@ class PDNModel(SRModel):
         finally:
             self._val_context = None
 
-    def _attention_dcms(self, net):
-        """{index: DCM} whose masks this validation saves (``val.save_attention``); empty outside validation."""
+    def test(self):
         request = (self.opt.get('val') or {}).get('save_attention')
-        if not request or self._val_context is None or not self._val_context['save_img']:
-            return {}
-        dcms = dcm_modules(net)
-        if not dcms:
-            return {}
-        indices = [0, -1] if request is True else list(request)
         chosen = {}
-        for i in indices:
-            if not -len(dcms) <= i < len(dcms):
-                raise ValueError(
-                    f'val.save_attention: DCM index {i} out of range; the network has {len(dcms)} '
-                    f'DCMs (indices 0..{len(dcms) - 1}, negative from the end)'
-                )
-            chosen[i % len(dcms)] = dcms[i]
-        return chosen
+        if request and self._val_context is not None and self._val_context['save_img']:
+            chosen = select_dcms(getattr(self, 'net_g_ema', self.net_g), request, 'val.save_attention')
+        for dcm in chosen.values():
+            dcm.keep_attention = True
+        try:
+            super().test()
+            self.attention = {i: dcm.last_attention for i, dcm in chosen.items()}
+        finally:
+            for dcm in chosen.values():
+                dcm.keep_attention, dcm.last_attention = False, None
+        if self.attention:
+            self._save_attention()
 
     def _save_attention(self):
+        """Heat maps over the SR image, named like basicsr's SR image (``sr_model.py``'s save_img_path) plus
+        ``_attention_dcm<i>``, and sent to tensorboard."""
         ctx = self._val_context
         sr = tensor2img([self.output.detach().cpu()])
         sr = sr if sr.ndim == 3 else sr[..., None].repeat(3, axis=2)
         for b, lq_path in enumerate(self.lq_path or []):
-            img_name = os.path.splitext(os.path.basename(lq_path))[0]
+            img_name = image_key(lq_path)
             if self.opt['is_train']:
                 stem = os.path.join(self.opt['path']['visualization'], img_name, f'{img_name}_{ctx["iter"]}')
             else:
@@ -239,20 +174,15 @@ class PDNModel(SRModel):
                         dataformats='HWC',
                     )
 
-    def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
-        super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
-        if not self.opt['is_train']:
-            self._metric_rows.append((dataset_name, dict(self.metric_results)))
-            self._write_metric_table()
 
-    def _write_metric_table(self):
-        """results/<name>/metrics.md: one row per test set, one column per metric (written atomically)."""
-        metrics = list(self._metric_rows[0][1])
-        lines = ['| dataset | ' + ' | '.join(metrics) + ' |', '|---' * (len(metrics) + 1) + '|']
-        for name, values in self._metric_rows:
-            lines.append(f'| {name} | ' + ' | '.join(f'{values[m]:.4f}' for m in metrics) + ' |')
-        path = os.path.join(self.opt['path']['results_root'], 'metrics.md')
-        tmp = path + '.tmp'
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write('\n'.join(lines) + '\n')
-        os.replace(tmp, path)
+def count_images(dataset_opt):
+    """Images of one pass over a dataset, as basicsr's dataloader sees them (before ``dataset_enlarge_ratio``).
+
+    A paired dataset (basicsr's or a subclass such as PromptPairedImageDataset, which keeps its paths) is counted
+    from basicsr's own path listing (folder, meta_info file or LMDB keys): nothing is decoded and no prompt store is
+    opened. Any other dataset type is built to ask its length.
+    """
+    opt = copy.deepcopy(dataset_opt)  # basicsr's datasets mutate their options
+    if issubclass(DATASET_REGISTRY.get(opt['type']), PairedImageDataset):
+        return len(PairedImageDataset(opt).paths)
+    return len(build_dataset(opt))
