@@ -13,6 +13,7 @@ import re
 import yaml
 
 from pdnsr.archs.dcm_arch import type_takes_prompt
+from pdnsr.archs.network_options import network_parameters
 
 
 def psnr_ssim_metrics(scale):
@@ -51,8 +52,15 @@ def train_dataset(name, hr, lr, gt_size, batch_size, prompts=None, prompted=Fals
 
 
 def network(net_type, scale, prompt_dim=512, dcm=None, **args):
-    """``network_g``: ``type``, 3 -> 3 channels, ``upscale``, the type's own ``args``; prompt options if prompted."""
-    opt = dict(type=net_type, num_in_ch=3, num_out_ch=3, **args, upscale=scale)
+    """``network_g``: ``type``, 3 -> 3 channels, the scale, the type's own ``args``; prompt options if prompted.
+
+    Names follow the type's constructor: ``num_in_ch`` / ``num_out_ch`` or SwinIR's ``in_chans``, ``upscale`` or
+    RRDBNet's ``scale``.
+    """
+    params = network_parameters(net_type)
+    channels = dict(in_chans=3) if 'in_chans' in params else dict(num_in_ch=3, num_out_ch=3)
+    factor = 'scale' if 'scale' in params and 'upscale' not in params else 'upscale'
+    opt = dict(type=net_type, **channels, **args, **{factor: scale})
     if type_takes_prompt(net_type):
         opt['prompt_dim'] = prompt_dim
         if dcm:
