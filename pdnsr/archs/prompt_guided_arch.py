@@ -365,3 +365,12 @@ class SwinIRPlus(PromptGuidedMixin, SwinIR):
         _check_base_options(SwinIR, kwargs, 'SwinIRPlus')
         super().__init__(**kwargs)
         self.add_prompt_guidance('layers.*', prompt_dim, dcm, channels_of(SwinIR, kwargs, None, 'SwinIRPlus'))
+
+    # What inspect (option checks, pdnsr.options) reports: SwinIR's own named arguments, then prompt_dim and dcm.
+    __init__.__signature__ = inspect.signature(SwinIR.__init__).replace(
+        parameters=[
+            *(p for p in inspect.signature(SwinIR.__init__).parameters.values() if p.kind is not p.VAR_KEYWORD),
+            inspect.Parameter('prompt_dim', inspect.Parameter.KEYWORD_ONLY, default=512),
+            inspect.Parameter('dcm', inspect.Parameter.KEYWORD_ONLY, default=None),
+        ]
+    )
