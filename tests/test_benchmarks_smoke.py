@@ -15,16 +15,19 @@ from conftest import REPO_ROOT
 
 # script -> (extra arguments, a table header line it must print)
 SCRIPTS = {
-    'bench_dcm.py': ([], '| variant | median ms |'),
-    'bench_networks.py': ([], '| pair | baseline ms |'),
+    'bench_dcm.py': ([], '| batch | variant | median ms |'),
+    'bench_networks.py': ([], '| pair | DCM bank | baseline ms |'),
     'bench_memory.py': ([], '| network | params | RSS of model + inputs (MiB) |'),
     'bench_amp.py': ([], '| module | autocast dtype | output finite |'),
-    'count_params.py': ([], '| network | params | ÷ baseline | MACs / LR pixel |'),
+    'count_params.py': ([], '| network | DCM bank | params | ÷ baseline | MACs / LR pixel |'),
     'bench_quality.py': ([], '| set | metric | EDSR | EDSR+ |'),
+    'bench_prompt_information.py': ([], '| set | degradation | EDSR | EDSRPlus right | EDSRPlus swapped |'),
     'bench_tiling.py': ([], '| network | tile | pad |'),
     'bench_prompt_data.py': ([], '| measurement | value |'),
     'bench_inference_memory.py': ([], '| network | LR input |'),
 }
+# Scripts that train through pdnsr/train.py on ../shared/data: a work folder each, and a skip when the data is absent.
+TRAINS = ('bench_quality.py', 'bench_prompt_information.py')
 
 
 @pytest.fixture(scope='module')
@@ -33,8 +36,8 @@ def quick_runs(tmp_path_factory):
     procs = {}
     for script, (extra, _) in SCRIPTS.items():
         args = [sys.executable, str(REPO_ROOT / 'benchmarks' / script), '--quick', '--threads', '1', *extra]
-        if script == 'bench_quality.py':
-            args += ['--workdir', str(tmp_path_factory.mktemp('quality'))]
+        if script in TRAINS:
+            args += ['--workdir', str(tmp_path_factory.mktemp(script[:-3]))]
         procs[script] = subprocess.Popen(
             args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -51,6 +54,6 @@ def test_quick_run_prints_table_and_command(quick_runs, script):
     assert code == 0, out[-2000:] + err[-3000:]
     assert f'ommand: `.venv/bin/python benchmarks/{script} --quick' in out, out[-2000:]
     assert 'torch ' in out and re.search(r'threads 1\b|\b1 threads', out)
-    if script == 'bench_quality.py' and 'SKIPPED: data not found' in out:
+    if script in TRAINS and 'SKIPPED: data not found' in out:
         pytest.skip('shared data absent: the quality benchmark printed its skip message')
     assert SCRIPTS[script][1] in out, out[-3000:]
