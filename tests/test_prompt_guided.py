@@ -191,6 +191,27 @@ def test_swinir_tokens_reach_the_dcm_as_feature_maps():
     assert set_dcm_temperature(net, 3.0) == 2
 
 
+def test_swinir_plus_pads_to_the_window_like_the_official_swinir():
+    net = plus('SwinIR').eval()
+    x, p = torch.rand(1, 3, 10, 13), torch.randn(1, D)
+    with torch.no_grad():
+        out = net(x, p)
+        assert out.shape == (1, 3, 20, 26)
+        padded = torch.nn.functional.pad(x, (0, 3, 0, 2), mode='reflect')  # to multiples of window_size 4
+        torch.testing.assert_close(out, net(padded, p)[..., :20, :26], rtol=0, atol=0)
+
+
+def test_option_builder_uses_each_types_argument_names():
+    from pdnsr import options as opts
+
+    rrdb = opts.network('RRDBNetPlus', 4, prompt_dim=D, num_feat=8, num_block=2, num_grow_ch=4)
+    assert rrdb['scale'] == 4 and 'upscale' not in rrdb
+    swin = opts.network('SwinIRPlus', 2, prompt_dim=D, **{k: v for k, v in SWIN.items() if k != 'upscale'})
+    assert swin['in_chans'] == 3 and 'num_in_ch' not in swin
+    for opt in (rrdb, swin):
+        assert takes_prompt(build_network(opt))
+
+
 # ------------------------------------------------------------------------------------------------ concurrency
 def _meet_around_first_dcm(net, parties):
     """Make ``parties`` concurrent callers wait for each other inside forward, after each has passed its prompt in,

@@ -357,14 +357,27 @@ class SwinIRPlus(PromptGuidedMixin, SwinIR):
 
     Takes ``SwinIR``'s arguments by name (same parameter names: the official classical-SR checkpoints load with only
     ``dcms.*`` missing) plus ``prompt_dim`` (default 512) and ``dcm``. Each DCM sees the RSTB's tokens
-    ``(B, H*W, embed_dim)`` as ``(B, embed_dim, H, W)``. ``forward(x, prompt)``: x (B, in_chans, h, w) with h and w
-    multiples of ``window_size`` (basicsr's SwinIR does not pad), prompt (B, prompt_dim) or None.
+    ``(B, H*W, embed_dim)`` as ``(B, embed_dim, H, W)``. ``forward(x, prompt)``: x (B, in_chans, h, w), prompt
+    (B, prompt_dim) or None; returns (B, in_chans, upscale*h, upscale*w).
     """
 
     def __init__(self, prompt_dim=512, dcm=None, **kwargs):
         _check_base_options(SwinIR, kwargs, 'SwinIRPlus')
         super().__init__(**kwargs)
         self.add_prompt_guidance('layers.*', prompt_dim, dcm, channels_of(SwinIR, kwargs, None, 'SwinIRPlus'))
+        self.window_size = kwargs.get(
+            'window_size', inspect.signature(SwinIR.__init__).parameters['window_size'].default
+        )
+
+    def forward(self, x, prompt=None):
+        """Pads h and w to multiples of ``window_size`` (reflection) and crops the output, as the official SwinIR does:
+        basicsr's SwinIR needs such sizes and leaves the padding to its SwinIRModel, which PDNModel is not."""
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % self.window_size, -w % self.window_size
+        if pad_h or pad_w:
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode='reflect')
+        out = super().forward(x, prompt)
+        return out[..., : h * self.upscale, : w * self.upscale] if pad_h or pad_w else out
 
     # What inspect (option checks, pdnsr.options) reports: SwinIR's own named arguments, then prompt_dim and dcm.
     __init__.__signature__ = inspect.signature(SwinIR.__init__).replace(
