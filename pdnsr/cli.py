@@ -75,3 +75,15 @@ def add_clip_arguments(parser, pretrained='openai'):
         help=f"open_clip pretrained tag, a local checkpoint file, or 'none' for random weights (tests only); "
         f'default {pretrained}',
     )
+
+
+def add_view_argument(parser, flag='--view', what='the image'):
+    """``flag``: the image view CLIP encodes (:data:`pdnsr.prompts.encoder.VIEWS`; ``flip`` is the paper's default)."""
+    from pdnsr.prompts.encoder import VIEWS
+
+    parser.add_argument(
+        flag,
+        choices=VIEWS,
+        default=VIEWS[0],
+        help=f'view of {what} that CLIP encodes: flip (horizontally flipped, the default, as in training) or identity',
+    )

@@ -16,20 +16,17 @@ import torch
 from tqdm import tqdm
 
 from pdnsr.archs.dcm_arch import dcm_modules, select_dcms, takes_prompt
-from pdnsr.cli import add_clip_arguments, run_main
+from pdnsr.cli import add_clip_arguments, add_view_argument, run_main
 from pdnsr.data.image_files import IMAGE_SUFFIXES, image_key, read_rgb, scan_images, write_image
 from pdnsr.inference import (
-    build_network_from_options,
     check_tile_options,
     image_to_tensor,
-    load_weights,
+    load_network,
     make_prompt_encoder,
-    resolve_device,
     super_resolve,
     tensor_to_bgr,
 )
 from pdnsr.prompts.build import load_captions
-from pdnsr.prompts.encoder import VIEWS
 from pdnsr.utils.visualization import overlay_heatmap
 
 NO_PROMPT_WARNING = (
@@ -63,12 +60,7 @@ def build_parser(prog='pdnsr-infer'):
         'without extension); images without a caption are reported and skipped',
     )
     parser.add_argument('--captions-subset', help='set name when the caption file holds several sets')
-    parser.add_argument(
-        '--prompt-view',
-        choices=VIEWS,
-        default='flip',
-        help='view of --prompt-image given to CLIP (default flip, as in training)',
-    )
+    add_view_argument(parser, '--prompt-view', 'the --prompt-image')
     add_clip_arguments(parser)
     add_tile_arguments(parser)
     parser.add_argument('--fp16', action='store_true', help='half-precision autocast (CUDA only)')
@@ -169,11 +161,8 @@ def run(args):
 
     Raises the user errors of :data:`pdnsr.cli.USER_ERRORS` (bad options, weights, prompt) before any image is read.
     """
-    device = resolve_device(args.device)
-    net = build_network_from_options(args.opt)
-    load_weights(net, args.weights)
+    net, device = load_network(args.opt, args.weights, args.device)
     attention_dcms = _check_cli_options(args, device, net)
-    net = net.to(device).eval()
     inputs = _collect_inputs(args.input)
     prompt_of, missing = _prompt_source(args, net, device, list(inputs))
     os.makedirs(args.output, exist_ok=True)

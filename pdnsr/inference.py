@@ -27,6 +27,7 @@ __all__ = [
     'build_network_from_options',
     'check_tile_options',
     'image_to_tensor',
+    'load_network',
     'load_weights',
     'make_prompt_encoder',
     'read_checkpoint',
@@ -154,6 +155,15 @@ def load_weights(net, weights_path):
         )
     net.load_state_dict(state, strict=True)
     return used
+
+
+def load_network(opt_path, weights_path, device=None):
+    """(network built from ``opt_path`` with the weights of ``weights_path``, in eval mode on ``device``, the
+    device): :func:`build_network_from_options`, :func:`load_weights`, :func:`resolve_device` in one call."""
+    device = resolve_device(device) if device is None or isinstance(device, str) else device
+    net = build_network_from_options(opt_path)
+    load_weights(net, weights_path)
+    return net.to(device).eval(), device
 
 
 # ---------------------------------------------------------------------------------------------------------------------

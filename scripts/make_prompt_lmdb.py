@@ -22,9 +22,9 @@ except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import pdnsr  # noqa: F401
 
-from pdnsr.cli import add_clip_arguments, run_main  # noqa: E402
+from pdnsr.cli import add_clip_arguments, add_view_argument, run_main  # noqa: E402
 from pdnsr.prompts.build import KINDS, build_prompt_store  # noqa: E402
-from pdnsr.prompts.encoder import VIEWS, PromptEncoder  # noqa: E402
+from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument('--captions', help='caption JSON: {key: [captions]}, {set: {key: [captions]}} or COCO')
     parser.add_argument('--captions-subset', help='set name inside a {set: {key: [captions]}} caption file')
     parser.add_argument('--images', help='folder of images (keys = file names without extension)')
-    parser.add_argument('--view', choices=VIEWS, default='flip', help='image view (default flip)')
+    add_view_argument(parser)
     add_clip_arguments(parser)
     parser.add_argument('--batch-size', type=int, default=32, help='keys per batch (default 32)')
     parser.add_argument('--device', default='cpu', help='torch device for the encoder, e.g. cpu or cuda:0')

@@ -31,11 +31,9 @@ from pdnsr.cli import add_clip_arguments, run_main  # noqa: E402
 from pdnsr.data.image_files import read_rgb, write_image  # noqa: E402
 from pdnsr.infer_cli import add_tile_arguments  # noqa: E402
 from pdnsr.inference import (  # noqa: E402
-    build_network_from_options,
     image_to_tensor,
-    load_weights,
+    load_network,
     make_prompt_encoder,
-    resolve_device,
     super_resolve,
     tensor_to_bgr,
 )
@@ -126,10 +124,7 @@ def make_figure(net, encoder, rgb, prompts, dcm=-1, background='sr', tile=None, 
 
 def run(args):
     """Write the figure of the parsed ``args``; raises the user errors of :data:`pdnsr.cli.USER_ERRORS`."""
-    device = resolve_device(args.device)
-    net = build_network_from_options(args.opt)
-    load_weights(net, args.weights)
-    net = net.to(device).eval()
+    net, device = load_network(args.opt, args.weights, args.device)
     if not takes_prompt(net):
         raise ValueError(f'{type(net).__name__} takes no prompt: attention masks need a "+" network')
     rgb = read_rgb(args.image)

@@ -31,10 +31,9 @@ import pdnsr  # noqa: E402,F401  (applies the basicsr compat shim before basicsr
 from basicsr.data.transforms import mod_crop  # noqa: E402
 # isort: on
 
-from pdnsr.cli import UserError, run_main  # noqa: E402
+from pdnsr.cli import UserError, add_view_argument, run_main  # noqa: E402
 from pdnsr.data.degradations import blur_downsample  # noqa: E402
 from pdnsr.data.image_files import image_key, write_image  # noqa: E402
-from pdnsr.prompts.encoder import VIEWS  # noqa: E402
 from scripts.data_preparation.common import (  # noqa: E402
     add_common_args,
     add_prompt_args,
@@ -89,12 +88,7 @@ def build_parser():
     )
     group.add_argument('--captions', help='captions JSON ({key: [..]}, {subset: {key: [..]}} or COCO format)')
     group.add_argument('--captions-subset', help='top-level key of the captions file to use, e.g. Set5')
-    group.add_argument(
-        '--view',
-        choices=VIEWS,
-        default='flip',
-        help='view of the image that CLIP encodes: flip (horizontally flipped, the default) or identity',
-    )
+    add_view_argument(group)
     group.add_argument(
         '--prompt-images',
         choices=['lr', 'hr'],

@@ -34,10 +34,9 @@ import pdnsr  # noqa: E402,F401  (applies the basicsr compat shim before basicsr
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 # isort: on
 
-from pdnsr.cli import UserError, run_main  # noqa: E402
+from pdnsr.cli import UserError, add_view_argument, run_main  # noqa: E402
 from pdnsr.data.degradations import blur_downsample  # noqa: E402
 from pdnsr.data.image_files import image_key, write_image  # noqa: E402
-from pdnsr.prompts.encoder import VIEWS  # noqa: E402
 from scripts.data_preparation.common import (  # noqa: E402
     add_common_args,
     add_prompt_args,
@@ -98,12 +97,7 @@ def build_parser():
     add_common_args(parser)
     group = add_prompt_args(parser)
     group.add_argument('--prompts', action='store_true', help='build an image prompt LMDB per scale from LRx{s}/')
-    group.add_argument(
-        '--view',
-        choices=VIEWS,
-        default='flip',
-        help='view of the image that CLIP encodes: flip (horizontally flipped, the default) or identity',
-    )
+    add_view_argument(group)
     return parser
 
 
