@@ -36,6 +36,7 @@ NETWORKS = {
 }
 DCM = dict(num_kernels=4, kernel_size=3, router_hidden=128, use_attention=True, use_dynamic=True)
 TEMPERATURE = dict(init=34, step=3, every_epochs=10, min=1)  # the paper's schedule, written out to be seen
+PROMPT_DIM_NOTE = 'CLIP ViT-B-32; must equal the d of the prompt stores'
 
 COCO_TEST_SETS = [  # (name, prompt kind): Set5 / Set14 have human captions; Urban100 has none, so image prompts
     ('Set5', 'text'),
@@ -174,7 +175,7 @@ def train_file(exp):
         ],
     }
     if exp.plus:
-        comments[('network_g', 'prompt_dim')] = 'CLIP ViT-B-32; must equal the d of the prompt stores'
+        comments[('network_g', 'prompt_dim')] = PROMPT_DIM_NOTE
         comments[('train', 'temperature')] = 'router softmax temperature: init - step every every_epochs epochs, >= min'
     if exp.pretrain:
         opt['path'] = dict(
@@ -202,7 +203,7 @@ def test_file(exp):
         ],
     }
     if exp.plus:
-        comments[('network_g', 'prompt_dim')] = 'CLIP ViT-B-32; must equal the d of the prompt stores'
+        comments[('network_g', 'prompt_dim')] = PROMPT_DIM_NOTE
         comments[('val', 'save_attention')] = 'or DCM indices, e.g. [0, -1]: heat maps beside the SR images'
     return opt, comments
 
