@@ -33,6 +33,23 @@ NETWORKS = {
     'edsr': ('EDSR', 'EDSRPlus', dict(num_feat=64, num_block=16, res_scale=1)),
     'rcan': ('RCAN', 'RCANPlus', dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16, res_scale=1)),
     'rdn': ('RDN', 'RDNPlus', dict(num_feat=64, num_block=16, num_layer=8, growth=64)),
+    # Beyond the paper: ESRGAN's RRDBNet and classical-SR SwinIR-M (the arguments of its published x4 models).
+    'rrdbnet': ('RRDBNet', 'RRDBNetPlus', dict(num_feat=64, num_block=23, num_grow_ch=32)),
+    'swinir': (
+        'SwinIR',
+        'SwinIRPlus',
+        dict(
+            img_size=48,
+            window_size=8,
+            img_range=1.0,
+            depths=[6] * 6,
+            embed_dim=180,
+            num_heads=[6] * 6,
+            mlp_ratio=2,
+            upsampler='pixelshuffle',
+            resi_connection='1conv',
+        ),
+    ),
 }
 DCM = dict(num_kernels=4, kernel_size=3, router_hidden=128, use_attention=True, use_dynamic=True)
 TEMPERATURE = dict(init=34, step=3, every_epochs=10, min=1)  # the paper's schedule, written out to be seen
@@ -60,6 +77,7 @@ class Experiment:
     test_title: str = None
     dcm: dict = field(default_factory=dict)  # DCM options that differ from DCM
     pretrain: str = None  # a published BasicSR checkpoint of the baseline to start from
+    pretrain_key: str = 'params'  # its param_key_g: params (BasicSR's zoo, SwinIR) or params_ema (Real-ESRGAN)
 
 
 T1 = 'Table 1: PDN (RCAN+) x{scale} on COCO with text prompts'
@@ -72,6 +90,12 @@ T4_DY = 'Table 4: EDSR+ x4 without the dynamic convolution (w/o dy)'
 T4_ATT = 'Table 4: EDSR+ x4 without the attention (w/o att)'
 FINETUNE = 'RCAN+ x4 fine-tuned from a published BasicSR RCAN x4 checkpoint (only the DCMs start from scratch)'
 RCAN_BIX4 = 'experiments/pretrained_models/RCAN_BIX4-official.pth'  # RCAN_BIX4 from BasicSR's model zoo
+BEYOND = 'Beyond the paper: {label} x4 on COCO with the Table 3 recipe (baseline and "+" share it)'
+BEYOND_TEST = 'Beyond the paper: {label} x4 on Set5 / Set14 / Urban100'
+FT_RRDB = "RRDBNet+ x4 fine-tuned from Real-ESRGAN's RealESRGAN_x4plus (params_ema; only the DCMs start from scratch)"
+REALESRGAN = 'experiments/pretrained_models/RealESRGAN_x4plus.pth'  # Real-ESRGAN v0.1.0 release
+FT_SWINIR = 'SwinIR+ x4 fine-tuned from the official SwinIR-M classical x4 model (DIV2K, 48 px patches, window 8)'
+SWINIR_M = 'experiments/pretrained_models/001_classicalSR_DIV2K_s48w8_SwinIR-M_x4.pth'  # SwinIR v0.0 release
 
 EXPERIMENTS = [
     # Table 1: PDN = RCAN+ on COCO (x2, x4) and on FFHQ (x8, x16).
@@ -90,6 +114,24 @@ EXPERIMENTS = [
     Experiment('train_edsr_x4_no_attention', 'edsr', True, 4, 'coco', T4_ATT, dcm=dict(use_attention=False)),
     # Fine-tuning RCAN+ from a published BasicSR RCAN checkpoint: only the DCM keys are new.
     Experiment('finetune_rcan_x4_from_basicsr', 'rcan', True, 4, 'coco', FINETUNE, pretrain=RCAN_BIX4),
+    # Beyond the paper: DCMs after each RRDB of ESRGAN's RRDBNet / each RSTB of SwinIR (PromptGuided placements).
+    Experiment(
+        'train_rrdbnet_baseline_x4', 'rrdbnet', False, 4, 'coco', BEYOND, 'test_rrdbnet_baseline_x4', BEYOND_TEST
+    ),
+    Experiment('train_rrdbnet_x4', 'rrdbnet', True, 4, 'coco', BEYOND, 'test_rrdbnet_x4', BEYOND_TEST),
+    Experiment('train_swinir_baseline_x4', 'swinir', False, 4, 'coco', BEYOND, 'test_swinir_baseline_x4', BEYOND_TEST),
+    Experiment('train_swinir_x4', 'swinir', True, 4, 'coco', BEYOND, 'test_swinir_x4', BEYOND_TEST),
+    Experiment(
+        'finetune_rrdbnet_x4_from_realesrgan',
+        'rrdbnet',
+        True,
+        4,
+        'coco',
+        FT_RRDB,
+        pretrain=REALESRGAN,
+        pretrain_key='params_ema',
+    ),
+    Experiment('finetune_swinir_x4_from_official', 'swinir', True, 4, 'coco', FT_SWINIR, pretrain=SWINIR_M),
 ]
 
 
@@ -179,7 +221,7 @@ def train_file(exp):
         comments[('train', 'temperature')] = 'router softmax temperature: init - step every every_epochs epochs, >= min'
     if exp.pretrain:
         opt['path'] = dict(
-            pretrain_network_g=exp.pretrain, param_key_g='params', strict_load_g=False, resume_state=None
+            pretrain_network_g=exp.pretrain, param_key_g=exp.pretrain_key, strict_load_g=False, resume_state=None
         )
         comments[('path', 'pretrain_network_g')] = [
             f'Start from a published BasicSR {NETWORKS[exp.net][0]} checkpoint: backbone names are identical, so '
