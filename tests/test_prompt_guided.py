@@ -201,6 +201,16 @@ def test_swinir_plus_pads_to_the_window_like_the_official_swinir():
         torch.testing.assert_close(out, net(padded, p)[..., :20, :26], rtol=0, atol=0)
 
 
+def test_rrdbnet_plus_pads_odd_sizes_at_scale_2():
+    net = RRDBNetPlus(**{**RRDB, 'scale': 2}, prompt_dim=D).eval()
+    x, p = torch.rand(1, 3, 5, 7), torch.randn(1, D)
+    with torch.no_grad():
+        out = net(x, p)
+        assert out.shape == (1, 3, 10, 14)
+        padded = torch.nn.functional.pad(x, (0, 1, 0, 1), mode='reflect')
+        torch.testing.assert_close(out, net(padded, p)[..., :10, :14], rtol=0, atol=0)
+
+
 def test_option_builder_uses_each_types_argument_names():
     from pdnsr import options as opts
 

@@ -273,6 +273,16 @@ class PromptGuidedMixin:
             )
         return out
 
+    def _padded_forward(self, x, prompt, multiple, scale):
+        """:meth:`forward` on ``x`` reflection-padded at the bottom / right to multiples of ``multiple``, with the
+        output cropped back to ``scale`` times the input size (for bases that need such input sizes)."""
+        h, w = x.shape[-2:]
+        pad_h, pad_w = -h % multiple, -w % multiple
+        if not (pad_h or pad_w):
+            return PromptGuidedMixin.forward(self, x, prompt)
+        x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode='reflect')
+        return PromptGuidedMixin.forward(self, x, prompt)[..., : h * scale, : w * scale]
+
 
 # Subclasses of (PromptGuided, base class) made for PromptGuided's `base.type`, one per base class.
 _GUIDED_CLASSES = {}
@@ -339,7 +349,9 @@ class RRDBNetPlus(PromptGuidedMixin, RRDBNet):
 
     Takes ``RRDBNet``'s arguments (same parameter names: ``RealESRGAN_x4plus.pth`` / ``ESRGAN_SRx4_DF2KOST_official``
     load with only ``dcms.*`` missing) plus ``prompt_dim`` (default 512) and ``dcm`` (DCM options, as for
-    ``EDSRPlus``). ``forward(x, prompt)``: x (B, num_in_ch, h, w), prompt (B, prompt_dim) or None.
+    ``EDSRPlus``). ``forward(x, prompt)``: x (B, num_in_ch, h, w), prompt (B, prompt_dim) or None; returns
+    (B, num_out_ch, scale*h, scale*w). At scale 2 (1) RRDBNet pixel-unshuffles by 2 (4): odd sizes are
+    reflection-padded and the output cropped, as Real-ESRGAN's inference does.
     """
 
     def __init__(
@@ -349,6 +361,9 @@ class RRDBNetPlus(PromptGuidedMixin, RRDBNet):
             num_in_ch, num_out_ch, scale=scale, num_feat=num_feat, num_block=num_block, num_grow_ch=num_grow_ch
         )
         self.add_prompt_guidance('body.*', prompt_dim, dcm, num_feat)
+
+    def forward(self, x, prompt=None):
+        return self._padded_forward(x, prompt, {2: 2, 1: 4}.get(self.scale, 1), self.scale)
 
 
 @ARCH_REGISTRY.register()
@@ -372,12 +387,7 @@ class SwinIRPlus(PromptGuidedMixin, SwinIR):
     def forward(self, x, prompt=None):
         """Pads h and w to multiples of ``window_size`` (reflection) and crops the output, as the official SwinIR does:
         basicsr's SwinIR needs such sizes and leaves the padding to its SwinIRModel, which PDNModel is not."""
-        h, w = x.shape[-2:]
-        pad_h, pad_w = -h % self.window_size, -w % self.window_size
-        if pad_h or pad_w:
-            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode='reflect')
-        out = super().forward(x, prompt)
-        return out[..., : h * self.upscale, : w * self.upscale] if pad_h or pad_w else out
+        return self._padded_forward(x, prompt, self.window_size, self.upscale)
 
     # What inspect (option checks, pdnsr.options) reports: SwinIR's own named arguments, then prompt_dim and dcm.
     __init__.__signature__ = inspect.signature(SwinIR.__init__).replace(
