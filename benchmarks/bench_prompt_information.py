@@ -66,8 +66,13 @@ def _edsr_args(args):
 
 # --network NAME -> (baseline type, "+" type, the types' own network_g arguments from the command line). One line
 # per pair: a new pair only needs its two registered type names and the arguments both take.
+def _rrdbnet_args(args):
+    return dict(num_feat=args.num_feat, num_block=args.num_block, num_grow_ch=args.num_feat // 2)  # ESRGAN's 64 / 32
+
+
 NETWORK_PAIRS = {
     'EDSR': ('EDSR', 'EDSRPlus', _edsr_args),
+    'RRDBNet': ('RRDBNet', 'RRDBNetPlus', _rrdbnet_args),
 }
 
 # Evaluation conditions of the "+" network: which prompt it gets.
