@@ -364,6 +364,20 @@ def test_compile_two_graph_breaks_one_graph_no_recompile_per_prompt():
     torch._dynamo.reset()
 
 
+def test_compile_hand_written_edsr_plus_has_no_graph_break_its_placement_two():
+    from torch._dynamo.utils import counters
+
+    kw = dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, upscale=2)
+    placed = build_network(dict(type='PromptGuided', base=dict(type='EDSR', **kw), dcm_after='body.*', prompt_dim=D))
+    x, p = torch.rand(1, 3, 6, 6), torch.randn(1, D)
+    for net, breaks in ((EDSRPlus(**kw, prompt_dim=D), 0), (placed, 2)):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.compile(net, backend='eager')(x, p).mean().backward()
+        assert sum(counters['graph_break'].values()) == breaks
+    torch._dynamo.reset()
+
+
 @pytest.mark.slow
 def test_compile_inductor_matches_eager():
     torch._dynamo.reset()
