@@ -237,24 +237,16 @@ class DynamicCorrelationModule(nn.Module):
         Exact rewrite of :meth:`forward_literal` that never materialises the d-channel projection.
         """
         prompt = self._check_inputs(x, prompt)
-        b, c, h, w = x.shape
-        pad = self.kernel_size // 2
+        b, _, h, w = x.shape
         kernel, mask_kernel, bias, mask_maps = self.mixed_kernels(prompt, x.dtype)
 
-        # The mixed bias b rides in the grouped convolution's own bias (no extra pass over the output).
         if self.use_attention:
             mask = self._attention_folded(x, mask_maps)  # (B, 1, h, w)
             self._keep(mask)
-            out = _MaskedPerSampleConv.apply(x, mask, kernel, bias, pad)
         else:
             # e = f: the folded bias term still needs an "inside the image" indicator because of zero padding.
             mask = x.new_ones(b, 1, h, w)
-            out = self._per_sample_conv(x, kernel, pad, bias)
-        # The term conv(M, V) has one input channel: a k*k-wide batched matmul over the unfolded mask, accumulated
-        # into the output by baddbmm, is far cheaper than a grouped convolution (whose kernels are slow for one
-        # channel, or for c + 1 channels when it is appended to the main convolution).
-        patches = F.unfold(mask, self.kernel_size, padding=pad)  # (B, k*k, h*w)
-        return torch.baddbmm(out.view(b, c, h * w), mask_kernel, patches).view(b, c, h, w)
+        return _DynamicConv.apply(x, mask, kernel, mask_kernel, bias, self.kernel_size // 2)
 
     def folded_bank(self):
         """The bank the network uses, ``(K (n, c, c, k, k), V (n, c, k, k))``: ``K_k = W_k o P``, ``V_k = W_k b_P``.
@@ -348,50 +340,66 @@ class DynamicCorrelationModule(nn.Module):
         return mask.reshape(b, 1, h, w).to(x.dtype)
 
 
-class _MaskedPerSampleConv(torch.autograd.Function):
-    """``conv(M x, K_i) + b_i`` per sample (one grouped conv) without keeping ``M x`` for the backward pass.
+class _DynamicConv(torch.autograd.Function):
+    """The folded dynamic convolution ``conv(M x, K_i) + conv(M, V_i) + b_i`` per sample, saving only its inputs.
 
-    Autograd of ``F.conv2d(mask * x, ...)`` saves the product (a full c-channel tensor per DCM) besides ``x`` and
-    ``M``, which the mask needs anyway; here the product is recomputed in the backward pass (one element-wise
-    multiply), which cuts a DCM's saved activations by about 40 %. Under autocast the convolution runs in the
+    ``conv(M x, K_i) + b_i`` is one grouped convolution (groups = B, the bias in the convolution's own bias). The
+    term ``conv(M, V_i)`` has one input channel: a k*k-wide batched matmul over the unfolded mask, accumulated into
+    the output, is far cheaper than a grouped convolution (whose kernels are slow for one channel, or for c + 1
+    channels when it is appended to the main convolution).
+
+    Autograd of the same ops would also keep ``M x`` (a full c-channel tensor per DCM) and the unfolded mask
+    (k*k channels); ``x`` and ``M`` are kept anyway (the mask needs them), so both are recomputed in the backward
+    pass instead, which cuts a DCM's saved activations by about half. Under autocast the convolutions run in the
     autocast dtype; the backward pass recomputes in that dtype and returns gradients in the inputs' dtypes.
     """
 
     @staticmethod
-    def forward(ctx, x, mask, kernel, bias, padding):
-        """x: (B, c, h, w); mask: (B, 1, h, w); kernel: (B, c_out, c, k, k); bias: (B, c_out)."""
+    def forward(ctx, x, mask, kernel, mask_kernel, bias, padding):
+        """x: (B, c, h, w); mask: (B, 1, h, w); kernel: (B, o, c, k, k); mask_kernel: (B, o, k*k); bias: (B, o)."""
+        b, _, h, w = x.shape
         out = DynamicCorrelationModule._per_sample_conv(mask * x, kernel, padding, bias)
-        ctx.save_for_backward(x, mask, kernel)
+        k = kernel.shape[-1]
+        patches = F.unfold(mask.to(out.dtype), k, padding=padding)  # (B, k*k, h*w)
+        out = torch.baddbmm(out.view(b, -1, h * w), mask_kernel.to(out.dtype), patches).view(b, -1, h, w)
+        ctx.save_for_backward(x, mask, kernel, mask_kernel)
         ctx.padding, ctx.conv_dtype, ctx.bias_dtype = padding, out.dtype, bias.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, mask, kernel = ctx.saved_tensors
+        x, mask, kernel, mask_kernel = ctx.saved_tensors
         b, c, h, w = x.shape
-        dtype = ctx.conv_dtype
-        masked = (mask * x).to(dtype).reshape(1, b * c, h, w)
-        weight = kernel.to(dtype).reshape(-1, c, *kernel.shape[-2:])
+        k, pad, dtype = kernel.shape[-1], ctx.padding, ctx.conv_dtype
+        grad_out = grad_out.to(dtype)
+        weight = kernel.to(dtype).reshape(-1, c, k, k)
         grad_in, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out.to(dtype).reshape(1, -1, h, w),
-            masked,
+            grad_out.reshape(1, -1, h, w),
+            (mask * x).to(dtype).reshape(1, b * c, h, w),
             weight,
             [weight.shape[0]],
             [1, 1],
-            [ctx.padding, ctx.padding],
+            [pad, pad],
             [1, 1],
             False,
             [0, 0],
             b,
-            [True, ctx.needs_input_grad[2], ctx.needs_input_grad[3]],
+            [ctx.needs_input_grad[0] or ctx.needs_input_grad[1], ctx.needs_input_grad[2], ctx.needs_input_grad[4]],
         )
-        del masked
-        grad_in = grad_in.view(b, c, h, w)
-        dx = (grad_in * mask).to(x.dtype) if ctx.needs_input_grad[0] else None
-        dmask = (grad_in * x).sum(1, keepdim=True).to(mask.dtype) if ctx.needs_input_grad[1] else None
+        dx = dmask = dmask_kernel = None
+        flat = grad_out.view(b, -1, h * w)
+        if ctx.needs_input_grad[3]:
+            patches = F.unfold(mask.to(dtype), k, padding=pad)
+            dmask_kernel = torch.bmm(flat, patches.transpose(1, 2)).to(mask_kernel.dtype)
+        if grad_in is not None:
+            grad_in = grad_in.view(b, c, h, w)
+            dx = (grad_in * mask).to(x.dtype) if ctx.needs_input_grad[0] else None
+            if ctx.needs_input_grad[1]:
+                from_bias = F.fold(torch.bmm(mask_kernel.to(dtype).transpose(1, 2), flat), (h, w), k, padding=pad)
+                dmask = ((grad_in * x).sum(1, keepdim=True) + from_bias).to(mask.dtype)
         dkernel = grad_w.view(kernel.shape).to(kernel.dtype) if grad_w is not None else None
         dbias = grad_b.view(b, -1).to(ctx.bias_dtype) if grad_b is not None else None
-        return dx, dmask, dkernel, dbias, None
+        return dx, dmask, dkernel, dmask_kernel, dbias, None
 
 
 class _FoldedMask(torch.autograd.Function):
