@@ -108,6 +108,10 @@ def test_placement_and_generic_are_the_same_network():
         b.load_state_dict(a.state_dict())
         x, p = inputs(name)
         torch.testing.assert_close(a.eval()(x, p), b.eval()(x, p), rtol=0, atol=0)
+        # the run-time class survives deepcopy and DataParallel's replica step (both call __new__ without options)
+        c = copy.deepcopy(b)
+        assert type(c) is type(b) and type(b._replicate_for_data_parallel()) is type(b)
+        torch.testing.assert_close(c(x, p), b(x, p), rtol=0, atol=0)
     assert all(type_takes_prompt(t) for t in ('PromptGuided', 'RRDBNetPlus', 'SwinIRPlus'))
     assert type(generic('RRDBNet', prompt_dim=D)) is type(generic('RRDBNet', prompt_dim=D))  # one class per base
 
