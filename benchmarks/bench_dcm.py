@@ -74,7 +74,7 @@ def measure_batch(args, device, batch, reps):
     # The compact DCM by part, each with its own inputs requiring grad.
     dcm = dcms['compact']
     with torch.no_grad():
-        kernel, mask_kernel, bias, maps = dcm.mixed_kernels(prompt, x.dtype)
+        kernel, mask_kernel, bias, maps = dcm.mixed_kernels(prompt, x)
         mask0 = dcm._attention_folded(x, maps)
     mask_in = mask0.clone().requires_grad_(True)
     kernel_in = kernel.clone().requires_grad_(True)
@@ -82,7 +82,7 @@ def measure_batch(args, device, batch, reps):
     params = list(dcm.parameters())
 
     def mask_part():
-        return dcm._attention_folded(x, dcm.mixed_kernels(prompt, x.dtype)[3])
+        return dcm._attention_folded(x, dcm.mixed_kernels(prompt, x)[3])
 
     def bias_part():
         patches = F.unfold(mask_in, k, padding=k // 2)

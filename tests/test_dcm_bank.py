@@ -180,24 +180,24 @@ def test_eval_cache_reuses_kernels_until_something_changes(bank):
     dcm = DynamicCorrelationModule(C, D, bank=bank).double().eval()
     x, p = inputs()
     with torch.no_grad():
-        first = dcm.mixed_kernels(p, x.dtype)
-        assert dcm.mixed_kernels(p, x.dtype) is first  # same prompt, same weights: computed once
+        first = dcm.mixed_kernels(p, x)
+        assert dcm.mixed_kernels(p, x) is first  # same prompt, same weights: computed once
         out = dcm(x, p)
-        assert dcm.mixed_kernels(p.clone(), x.dtype) is not first  # another prompt tensor
+        assert dcm.mixed_kernels(p.clone(), x) is not first  # another prompt tensor
         p2 = p.clone()
-        kept = dcm.mixed_kernels(p2, x.dtype)
+        kept = dcm.mixed_kernels(p2, x)
         p2.mul_(2)  # the same tensor changed in place
-        assert dcm.mixed_kernels(p2, x.dtype) is not kept
-        kept = dcm.mixed_kernels(p, x.dtype)
+        assert dcm.mixed_kernels(p2, x) is not kept
+        kept = dcm.mixed_kernels(p, x)
         dcm.set_temperature(5.0)
-        assert dcm.mixed_kernels(p, x.dtype) is not kept
-        kept = dcm.mixed_kernels(p, x.dtype)
+        assert dcm.mixed_kernels(p, x) is not kept
+        kept = dcm.mixed_kernels(p, x)
         dcm.load_state_dict({k: v * 1.5 if v.is_floating_point() else v for k, v in dcm.state_dict().items()})
-        changed = dcm.mixed_kernels(p, x.dtype)
+        changed = dcm.mixed_kernels(p, x)
         assert changed is not kept
         # What the cache returns is what a fresh computation gives.
         dcm._kernel_cache = None
-        for a, b in zip(dcm.mixed_kernels(p, x.dtype)[:3], changed[:3]):
+        for a, b in zip(dcm.mixed_kernels(p, x)[:3], changed[:3]):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     # The cached forward equals the uncached one (train mode never caches).
     dcm.load_state_dict({k: v / 1.5 if v.is_floating_point() else v for k, v in dcm.state_dict().items()})
@@ -251,3 +251,17 @@ def test_bf16_autocast_gradients_close_to_fp32(bank):
         # zeta's gradient is one sum of many cancelling terms: bf16 rounding of the upstream gradient shows more.
         tol = 0.25 if grad.numel() == 1 else 0.05
         assert (grad.float() - ref).norm() <= tol * ref.norm() + 1e-6, name
+
+
+def test_cache_hits_across_tiles_for_none_and_converted_prompts():
+    """Tiles of one image call the network with one prompt: each DCM mixes its kernels once."""
+    net = build('EDSRPlus', 'compact')  # float64, eval
+    tiles = torch.rand(2, 3, 6, 6, dtype=torch.float64).split(3, dim=3)
+    for prompt in (torch.randn(2, D, dtype=torch.float32), None):  # float32 prompt, float64 features: converted
+        with torch.no_grad():
+            net(tiles[0], prompt)
+            first = [dcm._kernel_cache[2] for dcm in dcm_modules(net)]
+            net(tiles[1], prompt)
+            assert all(dcm._kernel_cache[2] is kept for dcm, kept in zip(dcm_modules(net), first))
+            net(tiles[1][:1], None if prompt is None else prompt[:1])  # another batch: recomputed
+            assert all(dcm._kernel_cache[2] is not kept for dcm, kept in zip(dcm_modules(net), first))

@@ -160,10 +160,11 @@ class DynamicCorrelationModule(nn.Module):
 
     # ------------------------------------------------------------------ shared pieces
     def _check_inputs(self, x, prompt):
+        """Raise ValueError for features or a prompt of the wrong shape, naming both sizes."""
         if x.dim() != 4 or x.shape[1] != self.num_feat:
             raise ValueError(f'DCM expects features of shape (B, {self.num_feat}, h, w), got {tuple(x.shape)}')
         if prompt is None:
-            return x.new_zeros(x.shape[0], self.prompt_dim)
+            return
         if prompt.dim() != 2 or prompt.shape[1] != self.prompt_dim:
             raise ValueError(
                 f'prompt embedding has size {prompt.shape[-1] if prompt.dim() else 0} '
@@ -176,7 +177,10 @@ class DynamicCorrelationModule(nn.Module):
                 f'prompt batch size {prompt.shape[0]} differs from image batch size {x.shape[0]}: '
                 f'give one prompt embedding per image'
             )
-        return prompt.to(x.dtype)
+
+    def _prompt_for(self, x, prompt):
+        """The prompt as used with features ``x``: a zero prompt for None, else in ``x``'s dtype."""
+        return x.new_zeros(x.shape[0], self.prompt_dim) if prompt is None else prompt.to(x.dtype)
 
     def kernel_weights(self, prompt):
         """Mixing weights pi of the basis kernels, ``(B, n)``; all ones for ``use_dynamic=False`` (n = 1)."""
@@ -216,7 +220,8 @@ class DynamicCorrelationModule(nn.Module):
         """
         if self.bank != 'paper':
             raise ValueError("forward_literal needs bank='paper' (the compact bank has no d-channel kernels)")
-        prompt = self._check_inputs(x, prompt)
+        self._check_inputs(x, prompt)
+        prompt = self._prompt_for(x, prompt)
         f = self.proj(x)  # (B, d, h, w)
         if self.use_attention:
             cos = (
@@ -236,9 +241,9 @@ class DynamicCorrelationModule(nn.Module):
 
         Exact rewrite of :meth:`forward_literal` that never materialises the d-channel projection.
         """
-        prompt = self._check_inputs(x, prompt)
+        self._check_inputs(x, prompt)
         b, _, h, w = x.shape
-        kernel, mask_kernel, bias, mask_maps = self.mixed_kernels(prompt, x.dtype)
+        kernel, mask_kernel, bias, mask_maps = self.mixed_kernels(prompt, x)
 
         if self.use_attention:
             mask = self._attention_folded(x, mask_maps)  # (B, 1, h, w)
@@ -262,28 +267,34 @@ class DynamicCorrelationModule(nn.Module):
             torch.einsum('nodij,d->noij', self.weight, self.proj.bias),
         )
 
-    def mixed_kernels(self, prompt, dtype):
+    def mixed_kernels(self, prompt, x):
         """Everything of one forward that depends on the prompt and the parameters only, not on the image.
+
+        ``prompt``: (B, d) or None (a zero prompt); ``x``: the features it goes with (batch size, dtype, device).
 
         Returns ``(kernel (B, c, c, k, k), mask_kernel (B, c, k*k), bias (B, c), mask_maps)``: the router's mixture
         of the folded bank and of the biases, and the inputs of the attention mask (None without attention).
 
         In eval mode with autograd off (inference, tiled inference, validation) the result is cached: it is
-        recomputed only when the prompt tensor (identity or in-place version), a parameter or buffer (the
-        temperature included; identity, storage, in-place version), the dtype or the autocast state changes. Train
+        recomputed only when the prompt tensor (identity or in-place version; the caller's tensor, before any dtype
+        conversion, so a float32 prompt with half features still hits), a parameter or buffer (the temperature
+        included; identity, storage, in-place version), the features' batch size, dtype or device, or the autocast
+        state changes. Train
         mode, or eval with autograd on, never caches, so gradients always flow through a fresh graph.
         """
         use_cache = not self.training and not torch.is_grad_enabled()
         if use_cache:
-            key = self._cache_key(prompt, dtype)
+            key = self._cache_key(prompt, x)
             cached = self._kernel_cache  # one read: a concurrent caller replaces the tuple whole, never mutates it
             if cached is not None and cached[0] is prompt and cached[1] == key:
                 return cached[2]
         else:
             self._kernel_cache = None
+        given = prompt
+        prompt = self._prompt_for(x, prompt)
         pi = self.kernel_weights(prompt)  # (B, n)
         kernel, mask_kernel = self.folded_bank()
-        b = prompt.shape[0]
+        b = x.shape[0]
         result = (
             torch.einsum('bn,nocij->bocij', pi, kernel),
             torch.einsum('bn,noij->boij', pi, mask_kernel).reshape(b, self.num_feat, -1),
@@ -292,17 +303,18 @@ class DynamicCorrelationModule(nn.Module):
         )
         if use_cache:
             # The cache holds the prompt itself, so no other tensor can take its identity while cached.
-            self._kernel_cache = (prompt, key, result)
+            self._kernel_cache = (given, key, result)
         return result
 
-    def _cache_key(self, prompt, dtype):
-        device_type = prompt.device.type
+    def _cache_key(self, prompt, x):
+        device_type = x.device.type
         autocast = torch.is_autocast_enabled(device_type)
         state = tuple((id(t), t.data_ptr(), t._version) for t in (*self.parameters(), self.temperature))
         return (
-            prompt._version,
-            prompt.data_ptr(),
-            dtype,
+            None if prompt is None else (prompt._version, prompt.data_ptr()),
+            x.shape[0],
+            x.dtype,
+            x.device,
             autocast,
             torch.get_autocast_dtype(device_type) if autocast else None,
             state,
