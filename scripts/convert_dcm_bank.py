@@ -23,18 +23,14 @@ import torch  # noqa: E402
 
 from pdnsr.archs.dcm_arch import convert_state_dict_to_compact  # noqa: E402
 from pdnsr.cli import run_main  # noqa: E402
+from pdnsr.inference import read_checkpoint  # noqa: E402
 
 PARAM_KEYS = ('params', 'params_ema')
 
 
 def convert_checkpoint(src, dst):
     """Convert ``src`` into ``dst`` (both paths); returns {state dict key: number of DCMs converted}."""
-    if not os.path.isfile(src):
-        raise FileNotFoundError(f'checkpoint {src} does not exist')
-    try:
-        checkpoint = torch.load(src, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, EOFError) for bad files
-        raise ValueError(f'cannot read checkpoint {src}: {" ".join(str(err).split())[:300]}') from err
+    checkpoint = read_checkpoint(src, 'checkpoint')
     if not isinstance(checkpoint, dict):
         raise ValueError(f'checkpoint {src} holds a {type(checkpoint).__name__}, not a state dict')
     keys = [k for k in PARAM_KEYS if k in checkpoint]

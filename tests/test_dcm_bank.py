@@ -142,6 +142,7 @@ def test_networks_convert_exactly(name):
     assert [float(m.temperature) for m in dcm_modules(compact)] == [3.0] * count
 
 
+@pytest.mark.slow
 def test_convert_script_writes_params_and_params_ema(tmp_path):
     torch.manual_seed(0)
     paper = build('EDSRPlus', 'paper', use_attention=False).float()
