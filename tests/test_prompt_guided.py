@@ -239,12 +239,8 @@ def _meet_around_first_dcm(net, parties):
     return [module.register_forward_pre_hook(wait), module.register_forward_hook(wait)]  # after the DCM's hook
 
 
-@pytest.mark.parametrize('name', CASES)
-def test_two_threads_calling_one_network_keep_their_prompts(name):
-    net = plus(name).eval()
-    calls = [inputs(name, seed) for seed in (1, 2)]
-    with torch.no_grad():
-        expected = [net(x, p) for x, p in calls]
+def _two_threads_at_once(net, calls):
+    """``net(*calls[i])`` in thread i, both inside the network together (no grad); returns (outputs, errors)."""
     handles = _meet_around_first_dcm(net, 2)
     results, errors = {}, []
 
@@ -252,7 +248,7 @@ def test_two_threads_calling_one_network_keep_their_prompts(name):
         try:
             with torch.no_grad():
                 results[i] = net(*calls[i])
-        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+        except Exception as e:  # noqa: BLE001 - reported by the caller
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
@@ -262,9 +258,47 @@ def test_two_threads_calling_one_network_keep_their_prompts(name):
         t.join()
     for h in handles:
         h.remove()
+    return results, errors
+
+
+@pytest.mark.parametrize('name', CASES)
+def test_two_threads_calling_one_network_keep_their_prompts(name):
+    net = plus(name).eval()
+    calls = [inputs(name, seed) for seed in (1, 2)]
+    with torch.no_grad():
+        expected = [net(x, p) for x, p in calls]
+    results, errors = _two_threads_at_once(net, calls)
     assert not errors, errors
     for i in range(2):
         torch.testing.assert_close(results[i], expected[i], rtol=0, atol=0)
+
+
+class _ProcessWideSlot:
+    """A stand-in for the context variable that all threads share: what a module attribute would be."""
+
+    value = None
+
+    def get(self):
+        return self.value
+
+    def set(self, value):
+        old, self.value = self.value, value
+        return old
+
+    def reset(self, old):
+        self.value = old
+
+
+def test_control_the_thread_test_catches_a_prompt_shared_between_threads(monkeypatch):
+    import pdnsr.archs.prompt_guided_arch as pga
+
+    net = plus('RRDBNet').eval()
+    calls = [inputs('RRDBNet', seed) for seed in (1, 2)]
+    with torch.no_grad():
+        expected = [net(x, p) for x, p in calls]
+    monkeypatch.setattr(pga, '_ACTIVE_CALL', _ProcessWideSlot())
+    results, errors = _two_threads_at_once(net, calls)
+    assert errors or any(not torch.equal(results[i], expected[i]) for i in range(2))
 
 
 def _replicate_on_cpu(net, offsets):
