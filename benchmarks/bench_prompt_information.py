@@ -64,12 +64,12 @@ def _edsr_args(args):
     return dict(num_feat=args.num_feat, num_block=args.num_block)
 
 
-# --network NAME -> (baseline type, "+" type, the types' own network_g arguments from the command line). One line
-# per pair: a new pair only needs its two registered type names and the arguments both take.
 def _rrdbnet_args(args):
     return dict(num_feat=args.num_feat, num_block=args.num_block, num_grow_ch=args.num_feat // 2)  # ESRGAN's 64 / 32
 
 
+# --network NAME -> (baseline type, "+" type, the types' own network_g arguments from the command line). One line
+# per pair: a new pair only needs its two registered type names and the arguments both take.
 NETWORK_PAIRS = {
     'EDSR': ('EDSR', 'EDSRPlus', _edsr_args),
     'RRDBNet': ('RRDBNet', 'RRDBNetPlus', _rrdbnet_args),
@@ -511,7 +511,15 @@ def main():
     results = {}
     for run in runs:
         t1 = time.time()
+        # Evaluations are kept beside the runs: a later call (e.g. --dcm-bank compact) reuses the baseline's.
+        cache = os.path.join(workdir, f'eval_{run_opts[run]["name"]}_{tag}.json')
+        if os.path.exists(cache):
+            with open(cache, encoding='utf-8') as f:
+                results[run] = json.load(f)
+            print(f'  {run[0]} seed {run[1]}: evaluation reused from workdir', flush=True)
+            continue
         results[run] = evaluate(args, run_opts[run]['network_g'], trained[run], tests, run[0] == plus)
+        _write_json(cache, results[run])
         print(f'  evaluated {run[0]} seed {run[1]} in {time.time() - t1:.0f} s', flush=True)
     _write_json(
         os.path.join(workdir, f'results_{args.network}_{args.dcm_bank}_{tag}_it{args.iters}.json'),
