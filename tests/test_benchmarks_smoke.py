@@ -13,6 +13,9 @@ import pytest
 
 from conftest import REPO_ROOT
 
+# Every script in a subprocess: minutes in all, so not part of the fast loop (pytest -m 'not slow').
+pytestmark = pytest.mark.slow
+
 # script -> (extra arguments, a table header line it must print)
 SCRIPTS = {
     'bench_dcm.py': ([], '| batch | variant | median ms |'),
