@@ -74,6 +74,9 @@ NETWORK_PAIRS = {
     'EDSR': ('EDSR', 'EDSRPlus', _edsr_args),
     'RRDBNet': ('RRDBNet', 'RRDBNetPlus', _rrdbnet_args),
 }
+# basicsr's RRDBNet pixel-unshuffles by 2 at x2: odd LR sizes are reflection-padded and the output cropped, the way
+# RRDBNetPlus does it inside its forward.
+INPUT_MULTIPLE = {'RRDBNet': 2}
 
 # Evaluation conditions of the "+" network: which prompt it gets.
 PLUS_MODES = ('right', 'swapped', 'zero')
@@ -250,6 +253,9 @@ def evaluate(args, net_opt, weights, tests, prompted):
         for i in range(len(right)):
             item, item_wrong = right[i], wrong[i]
             lq = item['lq'][None]
+            h, w = lq.shape[-2:]
+            multiple = INPUT_MULTIPLE.get(net_opt['type'], 1)
+            lq = torch.nn.functional.pad(lq, (0, -w % multiple, 0, -h % multiple), mode='reflect')
             gt = tensor2img(item['gt'])
             modes = {'baseline': None}
             if prompted:
@@ -260,7 +266,7 @@ def evaluate(args, net_opt, weights, tests, prompted):
                     sr, masks[mode] = super_resolve(net, lq, prompt, keep_attention=True, scale=args.scale)
                 else:
                     sr = super_resolve(net, lq, scale=args.scale)
-                out = tensor2img(sr)
+                out = tensor2img(sr[..., : h * args.scale, : w * args.scale])
                 cell.setdefault(mode, []).append(
                     (
                         calculate_psnr(out, gt, crop_border=args.scale, test_y_channel=True),
