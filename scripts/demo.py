@@ -1,4 +1,4 @@
-"""The demo: train a small EDSR+ and EDSR on the photos bundled with scikit-image and compare them (CPU, ~3 min).
+"""The demo: EDSR vs EDSR+ on photos whose LR versions carry one of two blurs, captions naming the blur (CPU, ~2 min).
 
     python scripts/demo.py [--quick] [--output demo_output] [--iters N] [--seed S] [--clip-pretrained TAG_OR_FILE]
 
