@@ -1,6 +1,6 @@
 """The demo: train EDSR and EDSR+ on photos whose LR versions carry different blurs, with captions that say which.
 
-    python scripts/demo.py                      # about 3 minutes on 2 CPU cores; writes demo_output/
+    python scripts/demo.py                      # about 2 minutes on 2 CPU cores; writes demo_output/
     python scripts/demo.py --quick              # a smoke run of a few tens of iterations (the test suite's)
     python scripts/demo.py --clip-pretrained /path/to/open_clip_model.bin   # real CLIP weights
 
