@@ -45,6 +45,7 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import tensor2img
 
 from pdnsr import options as opts
+from pdnsr.cli import add_clip_arguments
 from pdnsr.data.captioned_degradations import (
     assign_degradations,
     captions_of,
@@ -398,12 +399,8 @@ def parse_args():
     )
     parser.add_argument('--crop', type=int, default=192, help='HR training sub-image size (default 192)')
     parser.add_argument('--jobs', type=int, default=2, help='training runs at once, one thread each (default 2)')
-    parser.add_argument('--clip-model', default='ViT-B-32')
-    parser.add_argument(
-        '--clip-pretrained',
-        default='none',
-        help="open_clip weights (default 'none': RANDOM weights, the only option without a download)",
-    )
+    # RANDOM weights by default: the only option without a download, and enough for captions that name the blur.
+    add_clip_arguments(parser, pretrained='none')
     parser.add_argument('--train-data', default=str(SHARED / 'train'))
     parser.add_argument('--bench-data', default=str(SHARED / 'benchmarks'))
     parser.add_argument(

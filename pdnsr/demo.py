@@ -36,7 +36,7 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 
 from pdnsr import options as opts
-from pdnsr.cli import UserError, run_main
+from pdnsr.cli import UserError, add_clip_arguments, run_main
 from pdnsr.data.captioned_degradations import (
     assign_degradations,
     captions_of,
@@ -44,15 +44,9 @@ from pdnsr.data.captioned_degradations import (
     swapped,
     write_degraded_pair,
 )
-from pdnsr.inference import (
-    build_network_from_options,
-    image_to_tensor,
-    load_weights,
-    super_resolve,
-    tensor_to_bgr,
-    write_png,
-)
-from pdnsr.prompts.build import build_prompt_store, read_rgb
+from pdnsr.data.image_files import read_rgb, write_image
+from pdnsr.inference import image_to_tensor, load_network, super_resolve, tensor_to_bgr
+from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 from pdnsr.utils.sample_data import sample_photos
 from pdnsr.utils.visualization import overlay_heatmap
@@ -131,13 +125,9 @@ def build_parser(prog='pdnsr-demo'):
     parser.add_argument('--quick', action='store_true', help='tiny networks, tens of iterations: a smoke test')
     parser.add_argument('--iters', type=int, help='training iterations of each network (overrides the recipe)')
     parser.add_argument('--seed', type=int, default=0, help='seed of training and of random CLIP weights (default 0)')
-    parser.add_argument('--clip-model', default='ViT-B-32', help='open_clip architecture (default ViT-B-32)')
-    parser.add_argument(
-        '--clip-pretrained',
-        default='none',
-        help="open_clip pretrained tag or local checkpoint file; default 'none' = random weights (nothing to "
-        'download; the captions still work here, because they name the blur and training ties each to it)',
-    )
+    # Random weights by default: nothing to download, and the captions still work here (they name the blur and
+    # training ties each to it).
+    add_clip_arguments(parser, pretrained='none')
     return parser
 
 
@@ -328,10 +318,10 @@ def train_all(runs, root, iters):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # evaluation and pictures
-def load_network(opt_path, root, name):
-    net = build_network_from_options(opt_path)
-    load_weights(net, os.path.join(root, 'experiments', name, 'models', 'net_g_latest.pth'))
-    return net.eval()
+def trained_network(opt_path, root, name):
+    """The network of option file ``opt_path`` with the final weights of run ``name`` (eval mode, CPU)."""
+    net, _ = load_network(opt_path, os.path.join(root, 'experiments', name, 'models', 'net_g_latest.pth'), 'cpu')
+    return net
 
 
 def metrics(img, hr):
@@ -478,8 +468,8 @@ def run(args):
 
     stage(3, total, f'super-resolving the held-out photo {HOLDOUT!r} x{SCALE} under each blur')
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    baseline = load_network(runs[0][1], out, 'demo_baseline')
-    plus = load_network(runs[1][1], out, 'demo_plus')
+    baseline = trained_network(runs[0][1], out, 'demo_baseline')
+    plus = trained_network(runs[1][1], out, 'demo_plus')
     images, scores, masks = {}, {}, {}
     for deg in DEGRADATIONS:
         hr = cv2.imread(data['tests'][deg.name]['hr'], cv2.IMREAD_COLOR)
@@ -497,14 +487,14 @@ def run(args):
         images[deg.name] = imgs
         scores[deg.name] = {key: metrics(imgs[key], hr) for key, _ in METHODS}
         for key in ('baseline', 'right', 'wrong'):
-            write_png(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{key}.png'), imgs[key])
+            write_image(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{key}.png'), imgs[key])
 
     stage(4, total, 'writing comparison.png and attention.png')
     hr = images[DEGRADATIONS[-1].name]['hr']
     size = min(CROP, hr.shape[0], hr.shape[1])
     # One window for every row: where bicubic errs most on the most degraded input.
     top, left = worst_window(images[DEGRADATIONS[-1].name]['bicubic'], hr, size)
-    write_png(os.path.join(out, 'comparison.png'), comparison_picture(images, scores, (top, left, size)))
+    write_image(os.path.join(out, 'comparison.png'), comparison_picture(images, scores, (top, left, size)))
     dcm_ids = sorted(masks[DEGRADATIONS[0].name]['right'])
     first, last = dcm_ids[0], dcm_ids[-1]
     grid, spread = [], []
@@ -513,7 +503,7 @@ def run(args):
         for i in (first, last):
             for which in ('right', 'wrong'):
                 overlay = overlay_heatmap(images[deg.name][which], masks[deg.name][which][i][0, 0])
-                write_png(os.path.join(out, f'attention_{deg.name}_dcm{i}_{which}.png'), overlay)
+                write_image(os.path.join(out, f'attention_{deg.name}_dcm{i}_{which}.png'), overlay)
                 row.append((f'{deg.name} input, DCM {i}, {which} caption', overlay))
             a, b = masks[deg.name]['right'][i], masks[deg.name]['wrong'][i]
             spread.append(
@@ -521,7 +511,7 @@ def run(args):
                 f'mean |difference| {(a - b).abs().mean():.3f}'
             )
         grid.append(row)
-    write_png(os.path.join(out, 'attention.png'), attention_picture(grid))
+    write_image(os.path.join(out, 'attention.png'), attention_picture(grid))
     print(f'    comparison crop at (top {top}, left {left}), {size} px; attention masks, right / wrong caption:')
     for line in spread:
         print(f'      {line}', flush=True)

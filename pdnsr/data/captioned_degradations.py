@@ -18,10 +18,10 @@ import os
 import zlib
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from pdnsr.data.degradations import blur_downsample
+from pdnsr.data.image_files import write_image
 
 __all__ = [
     'Degradation',
@@ -132,16 +132,13 @@ def captions_of(assignment, wrong_from=None):
 def write_degraded_pair(hr, degradation, scale, key, hr_dir, lr_dir):
     """Write ``hr_dir/<key>.png`` (``hr`` mod-cropped to ``scale``) and its degraded ``lr_dir/<key>.png``.
 
-    Both files are written under a temporary name and renamed, so an interrupted run never leaves half a pair.
+    Each file is written atomically (:func:`pdnsr.data.image_files.write_image`), so an interrupted run never leaves
+    a truncated image.
 
     Args:
         hr (np.ndarray): (H, W, 3) uint8 BGR image.
     """
     hr = np.ascontiguousarray(hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale])
     lr = degradation.apply(hr, scale, key)
-    for folder, img in ((hr_dir, hr), (lr_dir, lr)):
-        path = os.path.join(folder, f'{key}.png')
-        tmp = os.path.join(folder, f'.{key}.tmp.png')
-        if not cv2.imwrite(tmp, img):
-            raise OSError(f'cannot write {tmp}')
-        os.replace(tmp, path)
+    write_image(os.path.join(hr_dir, f'{key}.png'), hr)
+    write_image(os.path.join(lr_dir, f'{key}.png'), lr)
