@@ -31,12 +31,10 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import REPO_ROOT, make_parser, print_header, print_table, setup
+from common import REPO_ROOT, make_parser, print_header, print_table, setup, train_run
 
 # isort: split
 import cv2
@@ -188,28 +186,13 @@ def run_options(args, net_type, seed, data):
 
 
 def train(args, opt, workdir):
-    """Train one run with ``pdnsr/train.py`` (skipped when its final checkpoint exists); returns its weights."""
+    """Train one run with ``pdnsr/train.py`` (skipped when its final checkpoint exists); returns (weights, seconds)."""
     weights = os.path.join(workdir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
     if os.path.exists(weights):
         return weights, 0.0
-    path = opts.write_options(opt, os.path.join(workdir, f'{opt["name"]}.yml'))
-    env = dict(os.environ, PDNSR_ROOT=workdir, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    log_path = os.path.join(workdir, f'{opt["name"]}.log')
     t0 = time.time()
-    with open(log_path, 'w') as log:
-        proc = subprocess.run(
-            [sys.executable, str(REPO_ROOT / 'pdnsr' / 'train.py'), '-opt', path],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    if proc.returncode != 0:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise SystemExit(f'training {opt["name"]} failed (log {log_path}):\n{tail}')
     # basicsr keeps an already existing experiment folder by renaming it; a finished run has exactly this file.
-    return weights, time.time() - t0
+    return train_run(opt, workdir, threads=1), time.time() - t0
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -27,12 +27,10 @@ Pipeline (the real stack):
 import glob
 import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import REPO_ROOT, make_parser, print_header, print_table, setup
+from common import REPO_ROOT, make_parser, print_header, print_table, setup, train_run
 
 # isort: split
 import cv2
@@ -135,25 +133,6 @@ def train_options(args, name, net_type, seed, data):
         temperature=dict(init=34, step=3, every_epochs=10, min=1),
         print_freq=max(1, args.iters // 4),
     )
-
-
-def train(args, opt, workdir, threads):
-    path = opts.write_options(opt, os.path.join(workdir, f'{opt["name"]}.yml'))
-    env = dict(os.environ, PDNSR_ROOT=workdir, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    log_path = os.path.join(workdir, f'{opt["name"]}.log')
-    with open(log_path, 'w') as log:
-        proc = subprocess.run(
-            [sys.executable, str(REPO_ROOT / 'pdnsr' / 'train.py'), '-opt', path],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    if proc.returncode != 0:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise SystemExit(f'training {opt["name"]} failed (log {log_path}):\n{tail}')
-    return os.path.join(workdir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
 
 
 def evaluate(args, net_opt, weights, bench):
@@ -346,7 +325,7 @@ def main():
     threads = 1 if args.jobs > 1 else args.threads
     scores, curves = {}, {}  # (net, seed) -> {set: (psnr, ssim)}; (net, seed) -> [(iter, psnr), ...]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {run: (time.time(), pool.submit(train, args, run_opts[run], workdir, threads)) for run in runs}
+        futures = {run: (time.time(), pool.submit(train_run, run_opts[run], workdir, threads)) for run in runs}
         for run in runs:
             t1, future = futures[run]
             weights = future.result()
