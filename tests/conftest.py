@@ -1,9 +1,13 @@
 """Shared test set-up. ``import pdnsr`` first: it makes basicsr 1.4.2 importable on current torchvision."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import pdnsr  # noqa: F401
 
@@ -56,3 +60,25 @@ def paired_data(tmp_path_factory, clip_encoder):
         'text_store': text_store,
         'keys': sorted(photos),
     }
+
+
+def torchrun_weights(opt, tmp_path, port, nproc=2):
+    """Train ``opt`` through basicsr's pipeline in ``nproc`` gloo processes (``torchrun``); every rank dumps its
+    final weights (``tests/ddp_train_and_dump.py``). Returns the list of state dicts, rank 0 first."""
+    opt = dict(opt, model_type='WeightDumpingPDNModel')
+    opt['val'] = dict(opt.get('val') or {}, val_freq=1000)
+    opt_path = tmp_path / 'ddp.yml'
+    opt_path.write_text(yaml.safe_dump(opt))
+    env = dict(os.environ, PDNSR_ROOT=str(tmp_path), OMP_NUM_THREADS='1', DUMP_DIR=str(tmp_path))
+    script = REPO_ROOT / 'tests' / 'ddp_train_and_dump.py'
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', f'--master_port={port}']
+        + [str(script), '-opt', str(opt_path), '--launcher', 'pytorch'],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [torch.load(tmp_path / f'weights_rank{r}.pth') for r in range(nproc)]

@@ -13,7 +13,6 @@ import threading
 import pytest
 import torch
 import torch.distributed as dist
-import yaml
 from basicsr.archs import build_network
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rrdbnet_arch import RRDBNet
@@ -22,7 +21,7 @@ from basicsr.models.base_model import BaseModel
 from test_training import log_values, run_cli, tiny_options
 from torch import nn
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, torchrun_weights
 from pdnsr.archs import (
     EDSRPlus,
     PromptGuided,
@@ -521,24 +520,7 @@ def test_finetune_rrdbnet_plus_from_a_real_esrgan_layout_checkpoint(paired_data,
 @pytest.mark.slow
 def test_torchrun_two_processes_train_rrdbnet_plus(paired_data, tmp_path):
     """DDP through basicsr's pipeline (gloo, 2 ranks): the ranks end with identical weights, DCMs included."""
-    opt = _rrdb_options(paired_data, 'ddp_rrdb', total_iter=4)
-    opt['model_type'] = 'WeightDumpingPDNModel'
-    opt['val']['val_freq'] = 1000
-    opt_path = tmp_path / 'ddp.yml'
-    opt_path.write_text(yaml.safe_dump(opt))
-    env = dict(os.environ, PDNSR_ROOT=str(tmp_path), OMP_NUM_THREADS='1', DUMP_DIR=str(tmp_path))
-    script = os.path.join(REPO_ROOT, 'tests', 'ddp_train_and_dump.py')
-    proc = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29733', script]
-        + ['-opt', str(opt_path), '--launcher', 'pytorch'],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f'weights_rank{r}.pth') for r in (0, 1))
+    rank0, rank1 = torchrun_weights(_rrdb_options(paired_data, 'ddp_rrdb', total_iter=4), tmp_path, port=29733)
     assert any(k.startswith('dcms.') for k in rank0)
     for k in rank0:
         torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0)

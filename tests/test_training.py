@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, torchrun_weights
 from pdnsr import options as opts
 from pdnsr.archs.dcm_arch import dcm_modules, type_takes_prompt
 
@@ -218,34 +218,7 @@ def test_clear_errors_before_training(paired_data, change, error, message):
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu_agree(paired_data, tmp_path):
     """Two gloo processes train a few iterations through basicsr's pipeline; every rank dumps its weights."""
-    opt = tiny_options(paired_data, 'ddp', total_iter=6)
-    opt['model_type'] = 'WeightDumpingPDNModel'
-    opt['val']['val_freq'] = 1000
-    opt_path = tmp_path / 'ddp.yml'
-    opt_path.write_text(yaml.safe_dump(opt))
-    env = dict(os.environ, PDNSR_ROOT=str(tmp_path), OMP_NUM_THREADS='1', DUMP_DIR=str(tmp_path))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'torch.distributed.run',
-            '--nproc_per_node=2',
-            '--master_port=29731',
-            os.path.join(REPO_ROOT, 'tests', 'ddp_train_and_dump.py'),
-            '-opt',
-            str(opt_path),
-            '--launcher',
-            'pytorch',
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rank0 = torch.load(tmp_path / 'weights_rank0.pth')
-    rank1 = torch.load(tmp_path / 'weights_rank1.pth')
+    rank0, rank1 = torchrun_weights(tiny_options(paired_data, 'ddp', total_iter=6), tmp_path, port=29731)
     assert rank0.keys() == rank1.keys()
     for k in rank0:
         torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0)
