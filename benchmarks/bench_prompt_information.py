@@ -187,12 +187,9 @@ def run_options(args, net_type, seed, data):
 
 def train(args, opt, workdir):
     """Train one run with ``pdnsr/train.py`` (skipped when its final checkpoint exists); returns (weights, seconds)."""
-    weights = os.path.join(workdir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
-    if os.path.exists(weights):
-        return weights, 0.0
     t0 = time.time()
     # basicsr keeps an already existing experiment folder by renaming it; a finished run has exactly this file.
-    return train_run(opt, workdir, threads=1), time.time() - t0
+    return train_run(opt, workdir, threads=1, reuse=True), time.time() - t0
 
 
 # ---------------------------------------------------------------------------------------------------------------------

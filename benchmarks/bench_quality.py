@@ -101,12 +101,22 @@ def build_store(encoder, images_dir, out):
     return out
 
 
+def bank_tag(args, net_type):
+    """Run-name suffix of the DCM bank: none for the paper's (and for baselines, which have no DCMs)."""
+    return f'_{args.dcm_bank}' if net_type.endswith('Plus') and args.dcm_bank != 'paper' else ''
+
+
 def train_options(args, name, net_type, seed, data):
     """One run's option dict from :mod:`pdnsr.options`: the baseline and its "+" twin differ only in the network
     type, the dataset type (prompts or not) and the DCM temperature schedule (which a baseline does not have)."""
     prompted = net_type.endswith('Plus')
     network_g = opts.network(
-        net_type, args.scale, prompt_dim=data['prompt_dim'], num_feat=args.num_feat, num_block=args.num_block
+        net_type,
+        args.scale,
+        prompt_dim=data['prompt_dim'],
+        dcm=dict(bank=args.dcm_bank),
+        num_feat=args.num_feat,
+        num_block=args.num_block,
     )
     train_set = opts.train_dataset(
         'train', data['hr'], data['lr'], args.gt_size, args.batch, prompts=data['prompts'], prompted=prompted
@@ -234,13 +244,16 @@ def main():
     parser.add_argument(
         '--jobs', type=int, default=1, help='training runs at once (default 1 with --threads threads; >1: one each)'
     )
+    parser.add_argument(
+        '--dcm-bank', choices=('paper', 'compact'), default='paper', help="EDSR+'s network_g.dcm.bank (default paper)"
+    )
     parser.add_argument('--train-data', default=str(SHARED / 'train'))
     parser.add_argument('--bench-data', default=str(SHARED / 'benchmarks'))
     parser.add_argument(
         '--workdir',
         default=None,
-        help='where data, prompts and experiments go (default: a new '
-        'folder under /tmp); prepared data is reused when the folder exists',
+        help='where data, prompts and experiments go (default: a new folder under /tmp); prepared data and '
+        'finished runs (the baseline of a --dcm-bank compact run, say) are reused when the folder exists',
     )
     args = parser.parse_args()
     if args.quick:
@@ -252,7 +265,7 @@ def main():
 
     print_header(
         device,
-        f'EDSR vs EDSR+ trained with one recipe (x{args.scale}, {args.num_block} blocks, '
+        f'EDSR vs EDSR+ (dcm bank {args.dcm_bank}) trained with one recipe (x{args.scale}, {args.num_block} blocks, '
         f'{args.num_feat} feat, {args.iters} iterations, batch {args.batch}, seeds {args.seeds})',
     )
     print(
@@ -318,14 +331,18 @@ def main():
     runs = [(net_type, seed) for seed in args.seeds for net_type in ('EDSRPlus', 'EDSR')]
     run_opts = {
         (net_type, seed): train_options(
-            args, f'quality_{net_type}_{tag}_it{args.iters}_lr{args.lr:g}_seed{seed}', net_type, seed, data
+            args,
+            f'quality_{net_type}{bank_tag(args, net_type)}_{tag}_it{args.iters}_lr{args.lr:g}_seed{seed}',
+            net_type,
+            seed,
+            data,
         )
         for net_type, seed in runs
     }
     threads = 1 if args.jobs > 1 else args.threads
     scores, curves = {}, {}  # (net, seed) -> {set: (psnr, ssim)}; (net, seed) -> [(iter, psnr), ...]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {run: (time.time(), pool.submit(train_run, run_opts[run], workdir, threads)) for run in runs}
+        futures = {run: (time.time(), pool.submit(train_run, run_opts[run], workdir, threads, True)) for run in runs}
         for run in runs:
             t1, future = futures[run]
             weights = future.result()
