@@ -34,7 +34,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import REPO_ROOT, make_parser, print_header, print_table, setup, train_run
+from common import REPO_ROOT, images_in, make_parser, print_header, print_table, setup, train_run
 
 # isort: split
 import cv2
@@ -53,7 +53,6 @@ from pdnsr.data.captioned_degradations import (
 )
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'
-IMG_EXT = ('.png', '.jpg', '.jpeg', '.bmp')
 TRAIN_SETS = ('BSD68', 'SunHays80')
 TEST_SETS = ('Set5', 'Set14')
 DATA_SEED = 0  # the degradation of each image is part of the data: the same for every training seed
@@ -83,8 +82,6 @@ PLUS_MODES = ('right', 'swapped', 'zero')
 
 # ---------------------------------------------------------------------------------------------------------------------
 # data
-def list_images(folder):
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMG_EXT))
 
 
 def subimages(img, crop):
@@ -104,7 +101,7 @@ def prepare_train(args, sources, out_dir, degradations):
     done = os.path.join(out_dir, 'done.json')
     tiles = {}
     for prefix, folder in sources.items():
-        for path in list_images(folder)[: args.limit]:
+        for path in images_in(folder)[: args.limit]:
             name = f'{prefix}_{os.path.splitext(os.path.basename(path))[0]}'
             for index, tile in enumerate(subimages(cv2.imread(path, cv2.IMREAD_COLOR), args.crop), 1):
                 tiles[f'{name}_s{index:03d}'] = tile
@@ -121,7 +118,7 @@ def prepare_train(args, sources, out_dir, degradations):
 def prepare_test(args, folder, out_dir, degradation):
     """Every image of ``folder`` under ``degradation``; returns (hr_dir, lr_dir, assignment)."""
     hr_dir, lr_dir = os.path.join(out_dir, 'HR'), os.path.join(out_dir, 'LR')
-    paths = list_images(folder)[: args.limit]
+    paths = images_in(folder)[: args.limit]
     assignment = {os.path.splitext(os.path.basename(p))[0]: degradation for p in paths}
     if not os.path.exists(os.path.join(out_dir, 'done.json')):
         os.makedirs(hr_dir, exist_ok=True)

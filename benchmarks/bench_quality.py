@@ -24,13 +24,12 @@ Pipeline (the real stack):
     .venv/bin/python benchmarks/bench_quality.py --iters 1000 --seeds 0 1 --val-freq 100 --jobs 2   # the long run
 """
 
-import glob
 import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import REPO_ROOT, make_parser, print_header, print_table, setup, train_run
+from common import REPO_ROOT, images_in, make_parser, print_header, print_table, setup, train_run
 
 # isort: split
 import cv2
@@ -43,11 +42,6 @@ from pdnsr import options as opts
 from pdnsr.data.degradations import blur_downsample
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'
-IMG_EXT = ('.png', '.jpg', '.jpeg', '.bmp')
-
-
-def list_images(folder):
-    return sorted(p for p in glob.glob(os.path.join(folder, '*')) if p.lower().endswith(IMG_EXT))
 
 
 def prepare_pairs(sources, out_dir, scale, sigma, crop=None, limit=None):
@@ -59,7 +53,7 @@ def prepare_pairs(sources, out_dir, scale, sigma, crop=None, limit=None):
     os.makedirs(hr_dir, exist_ok=True)
     os.makedirs(lr_dir, exist_ok=True)
     for prefix, folder in sources.items():
-        for path in list_images(folder)[:limit]:
+        for path in images_in(folder)[:limit]:
             key = (prefix + '_' if prefix else '') + os.path.splitext(os.path.basename(path))[0]
             hr_path, lr_path = os.path.join(hr_dir, key + '.png'), os.path.join(lr_dir, key + '.png')
             if os.path.exists(hr_path) and os.path.exists(lr_path):
@@ -80,7 +74,7 @@ def cut_subimages(hr_dir, lr_dir, out_dir, scale, crop, step):
         return sub_hr, sub_lr
     os.makedirs(sub_hr, exist_ok=True)
     os.makedirs(sub_lr, exist_ok=True)
-    for hr_path in list_images(hr_dir):
+    for hr_path in images_in(hr_dir):
         key = os.path.splitext(os.path.basename(hr_path))[0]
         hr, lr = cv2.imread(hr_path), cv2.imread(os.path.join(lr_dir, key + '.png'))
         index = 0
@@ -157,7 +151,7 @@ def evaluate(args, net_opt, weights, bench):
     for set_name, data in bench.items():
         store = data['store']
         psnrs, ssims = [], []
-        for hr_path in list_images(data['hr']):
+        for hr_path in images_in(data['hr']):
             key = os.path.splitext(os.path.basename(hr_path))[0]
             hr = cv2.imread(hr_path)
             lr = cv2.imread(os.path.join(data['lr'], key + '.png'))

@@ -184,3 +184,10 @@ def train_run(opt, workdir, threads=1, reuse=False):
             tail = f.read()[-3000:]
         raise SystemExit(f'training {opt["name"]} failed (log {log_path}):\n{tail}')
     return weights
+
+
+def images_in(folder):
+    """Image paths of ``folder`` in key order (``pdnsr.data.image_files``' rule of what an image is)."""
+    from pdnsr.data.image_files import scan_images
+
+    return list(scan_images(folder).values())

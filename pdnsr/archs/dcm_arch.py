@@ -126,7 +126,7 @@ class DynamicCorrelationModule(nn.Module):
         # Visualisation: the last mask is kept only while someone asked for it (see ``keep_attention``).
         self.keep_attention = False
         self.last_attention = None
-        # Eval-time cache of the prompt-mixed kernels: (key, kernels); see ``mixed_kernels``.
+        # Eval-time cache of the prompt-mixed kernels: (prompt, key, kernels); see ``mixed_kernels``.
         self._kernel_cache = None
 
     def reset_parameters(self, init_scale=0.1):
