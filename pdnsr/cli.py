@@ -9,20 +9,7 @@ else is a bug and keeps its traceback. ``PDNSR_DEBUG=1`` re-raises user errors t
 import os
 import sys
 
-
-class UserError(Exception):
-    """A problem the user can fix, for code that has no better built-in type: reported as one line, exit 2."""
-
-
-# Raised by pdnsr and basicsr for bad options, paths (OSError: missing, existing or unwritable), prompt stores and
-# registry names (basicsr's registry raises KeyError).
-USER_ERRORS = (UserError, ValueError, KeyError, OSError)
-
-
-def one_line(err):
-    """The message of ``err`` on one line (a KeyError's message without the quotes ``str`` adds)."""
-    message = err.args[0] if isinstance(err, KeyError) and err.args else err
-    return ' '.join(str(message).split()) or type(err).__name__
+from pdnsr.errors import USER_ERRORS, one_line
 
 
 def run_main(fn, prog):

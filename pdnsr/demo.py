@@ -36,7 +36,7 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 
 from pdnsr import options as opts
-from pdnsr.cli import UserError, add_clip_arguments, run_main
+from pdnsr.cli import add_clip_arguments, run_main
 from pdnsr.data.captioned_degradations import (
     assign_degradations,
     captions_of,
@@ -45,6 +45,7 @@ from pdnsr.data.captioned_degradations import (
     write_degraded_pair,
 )
 from pdnsr.data.image_files import read_rgb, write_image
+from pdnsr.errors import UserError
 from pdnsr.inference import image_to_tensor, load_network, super_resolve, tensor_to_bgr
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from basicsr.utils import get_root_logger
 from PIL import Image
 
-from pdnsr.cli import UserError
+from pdnsr.errors import UserError
 
 RANDOM_TAGS = (None, '', 'none', 'None')
 VIEWS = ('flip', 'identity')

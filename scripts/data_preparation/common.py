@@ -23,9 +23,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pdnsr.cli import UserError, add_clip_arguments
+from pdnsr.cli import add_clip_arguments
 from pdnsr.data.image_files import IMAGE_SUFFIXES, TMP_PREFIX, image_key, scan_images
 from pdnsr.data.prompt_store import PromptStore, partial_path
+from pdnsr.errors import UserError
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import PromptEncoder, names_a_file
 

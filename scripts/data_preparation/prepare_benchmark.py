@@ -31,9 +31,10 @@ import pdnsr  # noqa: E402,F401  (applies the basicsr compat shim before basicsr
 from basicsr.data.transforms import mod_crop  # noqa: E402
 # isort: on
 
-from pdnsr.cli import UserError, add_view_argument, run_main  # noqa: E402
+from pdnsr.cli import add_view_argument, run_main  # noqa: E402
 from pdnsr.data.degradations import blur_downsample  # noqa: E402
 from pdnsr.data.image_files import image_key, write_image  # noqa: E402
+from pdnsr.errors import UserError  # noqa: E402
 from scripts.data_preparation.common import (  # noqa: E402
     add_common_args,
     add_prompt_args,

@@ -38,9 +38,10 @@ if REPO_ROOT not in sys.path:  # run as a file: make `pdnsr` and `scripts` impor
 import pdnsr  # noqa: E402,F401  (applies the basicsr compat shim before basicsr is imported)
 # isort: on
 
-from pdnsr.cli import UserError, run_main  # noqa: E402
+from pdnsr.cli import run_main  # noqa: E402
 from pdnsr.data.degradations import blur_downsample  # noqa: E402
 from pdnsr.data.image_files import image_key, write_image  # noqa: E402
+from pdnsr.errors import UserError  # noqa: E402
 from scripts.data_preparation.common import (  # noqa: E402
     add_common_args,
     add_prompt_args,
