@@ -158,7 +158,7 @@ def run_options(args, net_type, seed, data):
     """The option dict of one training run; its name carries a hash of the recipe (for reuse in --workdir)."""
     baseline, plus, net_args = NETWORK_PAIRS[args.network]
     prompted = net_type == plus
-    dcm = {'bank': args.dcm_bank} if prompted else None
+    dcm = {'bank': args.dcm_bank, **args.dcm} if prompted else None
     network_g = opts.network(net_type, args.scale, prompt_dim=data['prompt_dim'], dcm=dcm, **net_args(args))
     train_set = opts.train_dataset(
         'train', data['hr'], data['lr'], args.gt_size, args.batch, prompts=data['prompts'], prompted=prompted
@@ -257,13 +257,15 @@ def evaluate(args, net_opt, weights, tests, prompted):
                     with torch.no_grad():
                         sums['pi'] = [dcm.kernel_weights(item['prompt'][None])[0].tolist() for dcm in dcms]
                 for mode, per_dcm in masks.items():
+                    if not per_dcm:
+                        continue
                     m = torch.stack([per_dcm[j].mean() for j in sorted(per_dcm)])
                     s = torch.stack(
                         [((per_dcm[j] < 0.02) | (per_dcm[j] > 0.98)).float().mean() for j in sorted(per_dcm)]
                     )
                     sums['mask'][mode] = sums['mask'].get(mode, 0) + m
                     sums['sat'][mode] = sums['sat'].get(mode, 0) + s
-                if masks:
+                if masks and masks['right']:
                     d = torch.stack(
                         [(masks['right'][j] - masks['swapped'][j]).abs().mean() for j in sorted(masks['right'])]
                     )
@@ -358,6 +360,7 @@ def parse_args():
         default='paper',
         help="network_g.dcm.bank of the '+' network (default paper)",
     )
+    parser.add_argument('--dcm', nargs='*', default=[], metavar='KEY=VALUE', help='more network_g.dcm options')
     parser.add_argument('--degradations', default='blur', help='degradation set: blur (K=2) or blur-noise (K=4)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--iters', type=int, default=1500)
@@ -384,6 +387,9 @@ def parse_args():
         '--workdir', default=None, help='data, stores, runs (default a new folder under /tmp); reused when it exists'
     )
     args = parser.parse_args()
+    import yaml
+
+    args.dcm = {k: yaml.safe_load(v) for k, v in (item.split('=', 1) for item in args.dcm)}
     args.limit = None
     args.sets = list(TEST_SETS)
     if args.quick:
@@ -545,8 +551,10 @@ def main():
             masks = ', '.join(
                 f'{mode} {statistics.mean(dg["mask"][mode]):.3f} ({statistics.mean(dg["saturated"][mode]):.0%})'
                 for mode in PLUS_MODES
+                if mode in dg['mask']
             )
-            diag_rows.append([seed, deg.name, pis, masks, f'{statistics.mean(dg["right_vs_swapped"]):.3f}'])
+            diff = statistics.mean(dg['right_vs_swapped']) if dg['right_vs_swapped'] else float('nan')
+            diag_rows.append([seed, deg.name, pis, masks, f'{diff:.3f}'])
     print_table(
         [
             'seed',

@@ -36,6 +36,8 @@ from torch import nn
 
 # Layouts of the kernel bank (see the module docstring).
 BANKS = ('paper', 'compact')
+# What the router reads (EXPLORATION: candidates, pruned after measuring).
+ROUTERS = ('paper', 'scaled', 'layernorm', 'learned')
 
 # Norms below this are treated as zero: the mask of a zero feature vector or a zero prompt is sigmoid(0).
 _EPS = 1e-6
@@ -77,6 +79,7 @@ class DynamicCorrelationModule(nn.Module):
         temperature=34.0,
         init_scale=0.1,
         bank='paper',
+        router='paper',
     ):
         super().__init__()
         for name, value in (
@@ -95,6 +98,9 @@ class DynamicCorrelationModule(nn.Module):
             raise ValueError(f'DynamicCorrelationModule: temperature must be > 0, got {temperature!r}')
         if bank not in BANKS:
             raise ValueError(f'DynamicCorrelationModule: bank must be one of {list(BANKS)}, got {bank!r}')
+        if router not in ROUTERS:
+            raise ValueError(f'DynamicCorrelationModule: router must be one of {list(ROUTERS)}, got {router!r}')
+        self.router_kind = router
         self.num_feat = num_feat
         self.prompt_dim = prompt_dim
         self.kernel_size = kernel_size
@@ -113,6 +119,12 @@ class DynamicCorrelationModule(nn.Module):
             self.router = nn.Sequential(
                 nn.Linear(prompt_dim, router_hidden), nn.ReLU(inplace=True), nn.Linear(router_hidden, num_kernels)
             )
+            if router == 'scaled':
+                self.register_buffer('router_scale', torch.tensor(math.sqrt(prompt_dim)))
+            elif router == 'learned':
+                self.router_scale = nn.Parameter(torch.tensor(math.sqrt(prompt_dim)))
+            elif router == 'layernorm':
+                self.router_norm = nn.LayerNorm(prompt_dim)
         if bank == 'paper':
             self.weight = nn.Parameter(torch.empty(n, c, prompt_dim, k, k))
         else:
@@ -186,8 +198,15 @@ class DynamicCorrelationModule(nn.Module):
         """Mixing weights pi of the basis kernels, ``(B, n)``; all ones for ``use_dynamic=False`` (n = 1)."""
         if not self.use_dynamic:
             return prompt.new_ones(prompt.shape[0], 1)
-        logits = self.router(prompt)
+        logits = self.router(self._router_input(prompt))
         return torch.softmax(logits / self.temperature.to(logits.dtype), dim=1)
+
+    def _router_input(self, prompt):
+        if self.router_kind == 'paper':
+            return prompt
+        if self.router_kind == 'layernorm':
+            return self.router_norm(prompt)
+        return (self._unit_prompt(prompt) * self.router_scale).to(prompt.dtype)
 
     def _unit_prompt(self, prompt):
         # At least float32: under fp16 autocast the squared norm of a 512-vector can overflow.

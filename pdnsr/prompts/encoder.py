@@ -18,6 +18,7 @@ from basicsr.utils import get_root_logger
 from PIL import Image
 
 from pdnsr.errors import UserError
+from pdnsr.provenance import file_sha256
 
 RANDOM_TAGS = (None, '', 'none', 'None')
 VIEWS = ('flip', 'identity')
@@ -205,6 +206,9 @@ class PromptEncoder:
         }
         if self.random_weights:
             meta['random_init_seed'] = self.seed
+        elif os.path.isfile(self.pretrained):
+            # A file is identified by its content: the same checkpoint under another path is the same encoder.
+            meta['weights_sha256'] = file_sha256(self.pretrained)
         return meta
 
     # ------------------------------------------------------------------ encoding
