@@ -46,10 +46,16 @@ def run_pipeline(kind):
     ``experiments/``, ``results/``, ``tb_logger/`` under :func:`pdnsr.paths.root_path`; returns the exit status."""
     import importlib
 
+    from pdnsr.models.run_checks import preflight
     from pdnsr.paths import root_path
 
     pipeline = getattr(importlib.import_module(f'basicsr.{kind}'), f'{kind}_pipeline')
-    return run_main(lambda: pipeline(root_path()), f'pdnsr-{kind}')
+
+    def body():
+        preflight(kind)  # before basicsr creates or renames any folder
+        return pipeline(root_path())
+
+    return run_main(body, f'pdnsr-{kind}')
 
 
 def add_clip_arguments(parser, pretrained='openai'):

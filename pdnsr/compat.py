@@ -5,9 +5,11 @@ importable. Nothing else in the project patches basicsr. Each patch is listed in
 
 1. ``basicsr/data/degradations.py`` imports ``torchvision.transforms.functional_tensor``, removed in torchvision
    0.17, so every ``import basicsr`` fails. A stand-in module exposes the one function basicsr uses.
-2. ``basicsr.train.load_resume_state`` maps the state to ``torch.cuda.current_device()`` (crashes without CUDA) and
-   looks for ``experiments/`` relative to the current directory instead of the root path. Replaced by a version that
-   loads on CPU when CUDA is absent and resolves ``--auto_resume`` under ``opt['root_path']``.
+2. ``basicsr.train.load_resume_state`` maps the state to ``torch.cuda.current_device()`` (crashes without CUDA),
+   looks for ``experiments/`` relative to the current directory instead of the root path, unpickles the state
+   (``weights_only=False``: a ``.state`` file could run code) and takes the newest state even when a crash
+   truncated it. Replaced by a version that loads weights-only on the CPU, resolves ``--auto_resume`` under
+   ``opt['root_path']`` and falls back to the newest readable state.
 3. ``basicsr.utils.options.init_dist`` (``--launcher pytorch``) always calls ``torch.cuda.set_device`` and uses NCCL.
    On a machine without CUDA it now initialises a gloo process group instead, so ``torchrun`` works on CPU.
 """
@@ -39,30 +41,42 @@ def apply():
 
 
 def load_resume_state(opt):
-    """basicsr's ``load_resume_state`` that works without CUDA and finds ``--auto_resume`` states under the root."""
+    """basicsr's ``load_resume_state``, made safe: it works without CUDA, finds ``--auto_resume`` states under the
+    root path, loads states with ``weights_only=True`` (:func:`pdnsr.checkpoints.read_training_state`), and skips a
+    newest state that cannot be read (a crash while it was written), or whose network file cannot, with one line
+    naming it, resuming from the newest good one."""
+    import sys
+
     from basicsr.utils import check_resume, scandir
 
-    resume_state_path = None
+    from pdnsr.checkpoints import read_checkpoint, read_training_state
+
     if opt['auto_resume']:
         state_dir = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
-        if os.path.isdir(state_dir):
-            iters = [int(v.split('.state')[0]) for v in scandir(state_dir, suffix='state', recursive=False)]
-            if iters:
-                resume_state_path = os.path.join(state_dir, f'{max(iters)}.state')
-                opt['path']['resume_state'] = resume_state_path
-    elif opt['path'].get('resume_state'):
-        resume_state_path = opt['path']['resume_state']
-    if resume_state_path is None:
+        found = os.path.isdir(state_dir) and list(scandir(state_dir, suffix='state', recursive=False))
+        iters = sorted((int(v.split('.state')[0]) for v in found or [] if v.split('.state')[0].isdigit()), reverse=True)
+        models = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'models')
+        for it in iters:
+            path = os.path.join(state_dir, f'{it}.state')
+            try:
+                state = read_training_state(path)
+                read_checkpoint(os.path.join(models, f'net_g_{it}.pth'), 'network checkpoint')
+            except (OSError, ValueError) as err:
+                print(f'--auto_resume: skipping iteration {it}: {" ".join(str(err).split())}', file=sys.stderr)
+                continue
+            opt['path']['resume_state'] = path
+            check_resume(opt, state['iter'])
+            return state
         return None
-    if not os.path.isfile(resume_state_path):
+    path = opt['path'].get('resume_state')
+    if not path:
+        return None
+    if not os.path.isfile(path):
         raise FileNotFoundError(
-            f'path.resume_state: {resume_state_path} does not exist; point it at a .state file '
+            f'path.resume_state: {path} does not exist; point it at a .state file '
             f'under experiments/<name>/training_states/ or use --auto_resume'
         )
-    location = f'cuda:{torch.cuda.current_device()}' if torch.cuda.is_available() else 'cpu'
-    # A training state holds optimizer and scheduler states (basicsr's schedulers keep Counters), which the
-    # weights-only loader refuses; it is a file this project wrote itself.
-    state = torch.load(resume_state_path, map_location=location, weights_only=False)
+    state = read_training_state(path)
     check_resume(opt, state['iter'])
     return state
 

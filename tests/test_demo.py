@@ -10,6 +10,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from pdnsr import demo
+from pdnsr.utils.visualization import grid_size
 
 
 def test_quick_demo_end_to_end(tmp_path):
@@ -48,17 +49,17 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (out / 'results.md').read_text().startswith('| method | sharp (σ 0.4) PSNR | SSIM |')
     assert (out / 'keep.txt').exists()
 
-    hr = cv2.imread(str(out / 'data' / 'test' / 'sharp' / 'HR' / f'{demo.HOLDOUT}.png'))
+    hr = cv2.imread(str(out / 'data' / 'test' / demo.HOLDOUT / 'sharp' / 'HR' / f'{demo.HOLDOUT}.png'))
     assert hr is not None
     side = demo.CROP * demo.ZOOM
     comparison = cv2.imread(str(out / 'comparison.png'))
     n_deg = len(demo.DEGRADATIONS)
     assert comparison is not None
-    assert comparison.shape == (*demo.layout_size(side, side, cols=len(demo.METHODS) + 1, rows=n_deg), 3)
+    assert comparison.shape == (*grid_size(side, side, cols=len(demo.METHODS) + 1, rows=n_deg), 3)
     attention = cv2.imread(str(out / 'attention.png'))
     assert attention is not None
-    assert attention.shape == (*demo.layout_size(hr.shape[0], hr.shape[1], cols=4, rows=n_deg), 3)
-    last = demo.RECIPES['quick']['num_block'] - 1  # one DCM per residual block
+    assert attention.shape == (*grid_size(hr.shape[0], hr.shape[1], cols=4, rows=n_deg), 3)
+    last = demo.RECIPES['quick'].num_block - 1  # one DCM per residual block
     for deg in demo.DEGRADATIONS:
         for name in (f'attention_{deg.name}_dcm{i}_{which}.png' for i in (0, last) for which in ('right', 'wrong')):
             picture = cv2.imread(str(out / name))
@@ -67,7 +68,7 @@ def test_quick_demo_end_to_end(tmp_path):
     # Training tiles carry both blurs, and the prompt store holds the caption naming each tile's blur.
     from pdnsr.data.prompt_store import PromptStore
 
-    store = PromptStore(str(out / 'data' / 'prompts_text.lmdb'))
+    store = PromptStore(str(out / 'data' / 'train' / 'prompts_random.lmdb'))
     assert store.meta['kind'] == 'text' and len(store) == len(os.listdir(out / 'data' / 'train' / 'HR'))
 
     # One recipe, two networks: only the network and dataset types (and the prompt store and the DCM temperature,

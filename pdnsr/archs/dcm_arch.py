@@ -38,6 +38,8 @@ from torch import nn
 BANKS = ('paper', 'compact')
 # What the router reads (EXPLORATION: candidates, pruned after measuring).
 ROUTERS = ('paper', 'scaled', 'layernorm', 'learned')
+# The state-dict key (under a DCM's prefix) that only a router of that kind has; the paper's router has none.
+ROUTER_MARKERS = {'scaled': 'router_scale', 'layernorm': 'router_norm.weight'}
 
 # Norms below this are treated as zero: the mask of a zero feature vector or a zero prompt is sigmoid(0).
 _EPS = 1e-6
@@ -94,8 +96,15 @@ class DynamicCorrelationModule(nn.Module):
             raise ValueError(
                 f'DynamicCorrelationModule: kernel_size must be a positive odd integer, got {kernel_size!r}'
             )
-        if temperature <= 0:
-            raise ValueError(f'DynamicCorrelationModule: temperature must be > 0, got {temperature!r}')
+        for name, value in (('use_attention', use_attention), ('use_dynamic', use_dynamic)):
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f'DynamicCorrelationModule: {name} must be true or false, got {value!r} (a '
+                    f'{type(value).__name__}); write {name}: false without quotes under network_g.dcm'
+                )
+        for name, value in (('temperature', temperature), ('init_scale', init_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f'DynamicCorrelationModule: {name} must be a number > 0, got {value!r}')
         if bank not in BANKS:
             raise ValueError(f'DynamicCorrelationModule: bank must be one of {list(BANKS)}, got {bank!r}')
         if router not in ROUTERS:

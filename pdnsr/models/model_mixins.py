@@ -3,10 +3,12 @@
 Each overrides one public basicsr method and calls ``super()`` for the work itself.
 """
 
+import datetime
 import os
 from collections import OrderedDict
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -28,6 +30,28 @@ class CpuFriendlyMixin:
                 net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False)
             )
         return super().model_to_device(net)
+
+
+class RankZeroValidationMixin:
+    """Validation under DDP on rank 0 only, while the other ranks wait at a barrier that cannot time out.
+
+    basicsr validates on rank 0 and lets the other ranks run on into the next step, whose gradient all-reduce then
+    waits for the whole validation (NCCL's watchdog kills the job past its timeout); after the last iteration they
+    leave altogether, and anything rank 0 still posts is never answered. Here every rank meets at a barrier of a
+    gloo group created with a timeout of a week (its own group: the default one may be NCCL, with its watchdog),
+    after rank 0 has validated (the model validates the bare network, so rank 0 posts no collective meanwhile).
+    """
+
+    VALIDATION_TIMEOUT = datetime.timedelta(days=7)
+
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        if getattr(self, '_validation_group', None) is None:
+            self._validation_group = dist.new_group(backend='gloo', timeout=self.VALIDATION_TIMEOUT)
+        try:
+            if self.opt['rank'] == 0:
+                self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        finally:  # a failing rank 0 still releases the others (torchrun then stops them all)
+            dist.barrier(group=self._validation_group)
 
 
 class DeferredLossLogMixin:

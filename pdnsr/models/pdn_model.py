@@ -1,25 +1,30 @@
-"""PDNModel: basicsr's SRModel with a prompt, the DCM temperature schedule, and attention-mask outputs."""
+"""PDNModel: basicsr's SRModel with a prompt, the DCM temperature schedule, attention outputs and a faster step."""
 
 import copy
 import os
+from collections import OrderedDict
+from contextlib import nullcontext
 
+import torch
 from basicsr.data import build_dataset
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
+from pdnsr import provenance
 from pdnsr.archs.dcm_arch import dcm_modules, select_dcms, set_dcm_temperature, takes_prompt
-from pdnsr.archs.network_options import check_network_options
+from pdnsr.checkpoints import fit_state_dict, network_layout, read_checkpoint, save_checkpoint, state_dict_of
 from pdnsr.data.image_files import image_key
-from pdnsr.data.prompt_store import PromptStore
-from pdnsr.models.model_mixins import CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin
+from pdnsr.models.model_mixins import CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZeroValidationMixin
+from pdnsr.models.run_checks import check_run_options
 from pdnsr.models.temperature import TemperatureSchedule, epoch_of_iter, iters_per_epoch
+from pdnsr.models.train_options import SpeedOptions
 from pdnsr.utils.visualization import overlay_heatmap
 
 
 @MODEL_REGISTRY.register()
-class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, SRModel):
+class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZeroValidationMixin, SRModel):
     """SR model whose network may take a prompt embedding: ``net_g(lq, prompt)`` for "+" networks.
 
     Baseline networks (basicsr ``EDSR``, ``RCAN``, pdnsr ``RDN``) run under this model too and ignore the prompt,
@@ -27,66 +32,135 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, SRMode
 
     - ``train.temperature``: ``{init, step, every_epochs, min}`` (default the paper's 34 / 3 / 10 / 1). Applied to
       every DCM of ``net_g`` and ``net_g_ema`` from the iteration, with epochs counted as basicsr counts them.
+    - ``train.amp`` / ``channels_last`` / ``compile`` / ``accumulate``: :mod:`pdnsr.models.train_options`.
     - ``val.save_attention``: DCM indices (``[0, -1]``) or ``true`` (first and last) whose attention masks are
       saved as heat maps beside the SR images during validation / testing, and sent to tensorboard.
+    - ``force_encoder: true``: test with prompt stores of another encoder than the checkpoint's (warns instead).
 
-    SRModel's own training step and test call ``net_g(lq)``; a forward pre-hook on ``net_g`` / ``net_g_ema`` adds
-    the batch's prompt there, so their loss assembly, EMA and logging are basicsr's.
+    Every option is checked before anything is built (:func:`pdnsr.models.run_checks.check_run_options`). Validation
+    and testing call the bare network (or its EMA copy) with the prompt: never the DDP wrapper, whose forward would
+    post a collective that only rank 0 enters.
     """
 
     def __init__(self, opt):
-        check_network_options(opt['network_g'])
+        self.stores_record = check_run_options(opt)
+        train_set = (opt.get('datasets') or {}).get('train') or {}
+        self.speed = SpeedOptions.from_opt(opt.get('train'), train_set.get('batch_size_per_gpu'))
         self.prompt = None
         self.temperature_schedule = None
         self.current_temperature = None
         self._num_iter_per_epoch = None
         self._val_context = None
+        self.scaler = None
         super().__init__(opt)
         self.prompt_dim = getattr(self.get_bare_model(self.net_g), 'prompt_dim', None)
-        self._check_datasets()
-        for net in (self.net_g, getattr(self, 'net_g_ema', None)):
-            if net is not None and takes_prompt(net):
-                net.register_forward_pre_hook(self._add_prompt)
+        self._train_net = self.net_g
+        if self.is_train and self.speed.compile is not None:
+            # Compiled for the training step only: parameters, checkpoints and EMA keep the module's own names.
+            self._train_net = torch.compile(self.net_g, **self.speed.compile)
+        if self.is_train:
+            get_root_logger().info(f'Training step: {self.speed.describe()}.')
 
-    # ------------------------------------------------------------------ prompt in
-    def _add_prompt(self, net, args):
-        """Forward pre-hook: ``net(lq)`` becomes ``net(lq, prompt)`` with the prompt of the batch fed last."""
-        return (*args, self.prompt) if len(args) == 1 else None
+    # ------------------------------------------------------------------ network placement and loading
+    def model_to_device(self, net):
+        if self.speed.channels_last:  # before DDP: its gradient buckets follow the parameters' layout
+            net = net.to(memory_format=torch.channels_last)
+        return super().model_to_device(net)
 
-    def feed_data(self, data):
-        super().feed_data(data)
-        prompt = data.get('prompt')
-        self.prompt = None if prompt is None else prompt.to(self.device, non_blocking=True)
-        self.lq_path = data.get('lq_path')
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """basicsr's loader, through :mod:`pdnsr.checkpoints`: weights-only reading, a paper-bank file converted
+        for a compact network, a file of the other router refused, and the file's prompt encoder checked against
+        the run's prompt stores."""
+        net = self.get_bare_model(net)
+        checkpoint = read_checkpoint(load_path, 'path.pretrain_network_g')
+        state, used = state_dict_of(checkpoint, load_path, param_key)
+        if strict:
+            state = fit_state_dict(net, state, load_path, used)
+        else:  # fine-tuning, e.g. from a basicsr EDSR: the DCM keys may be missing, never of another layout
+            present = {k: v for k, v in net.state_dict().items() if k.split('.')[0] == 'dcms' and k not in state}
+            state = (
+                fit_state_dict(net, {**state, **present}, load_path, used)
+                if any(k.split('.')[0] == 'dcms' for k in state)
+                else state
+            )
+            self._print_different_keys_loading(net, state, strict)
+        get_root_logger().info(f'Loading {type(net).__name__} model from {load_path}, with param key: [{used}].')
+        net.load_state_dict(state, strict=strict)
+        record = provenance.of_checkpoint(checkpoint)
+        if record is None and takes_prompt(net):
+            get_root_logger().warning(
+                f'{load_path} does not record the prompt encoder it was trained with (an older or a basicsr '
+                'checkpoint): make sure the prompt stores come from the same CLIP model and weights'
+            )
+        elif record is not None and self.stores_record is not None:
+            provenance.check_same_space(
+                record.get('prompt_encoder'),
+                self.stores_record,
+                load_path,
+                'the prompt stores of this option file',
+                force=bool(self.opt.get('force_encoder')),
+                warn=get_root_logger().warning,
+            )
 
-    def _check_datasets(self):
-        """Every dataset of a "+" network needs prompts of the network's size: say so before any training."""
-        if self.prompt_dim is None:
-            return
-        net_type = self.opt['network_g']['type']
-        for phase, dataset_opt in (self.opt.get('datasets') or {}).items():
-            path = dataset_opt.get('dataroot_prompt')
-            if not path:
-                raise ValueError(
-                    f'datasets.{phase}: network_g type {net_type} takes prompts but this dataset has no '
-                    f'dataroot_prompt; use type: PromptPairedImageDataset with dataroot_prompt: '
-                    f'path/to/prompts.lmdb (build one with scripts/make_prompt_lmdb.py)'
-                )
-            store_dim = PromptStore(path).dim
-            if store_dim != self.prompt_dim:
-                raise ValueError(
-                    f'datasets.{phase}.dataroot_prompt: {path} holds prompt embeddings of size '
-                    f'{store_dim} but network_g.prompt_dim is {self.prompt_dim}; build the store with '
-                    f'a CLIP model of size {self.prompt_dim} or set prompt_dim: {store_dim}'
-                )
-
-    # ------------------------------------------------------------------ temperature
     def init_training_settings(self):
         super().init_training_settings()
+        if hasattr(self, 'net_g_ema') and self.speed.channels_last:
+            self.net_g_ema.to(memory_format=torch.channels_last)
+        if self.speed.amp == 'fp16':
+            self.scaler = torch.amp.GradScaler(self.device.type)
         if dcm_modules(self.net_g):
             self.temperature_schedule = TemperatureSchedule.from_opt(self.opt['train'].get('temperature'))
             self.set_temperature(self.temperature_schedule.at_epoch(0))
 
+    # ------------------------------------------------------------------ prompt in, training step
+    def feed_data(self, data):
+        super().feed_data(data)
+        if self.speed.channels_last:
+            self.lq = self.lq.contiguous(memory_format=torch.channels_last)
+        prompt = data.get('prompt')
+        self.prompt = None if prompt is None else prompt.to(self.device, non_blocking=True)
+        self.lq_path = data.get('lq_path')
+
+    def _run(self, net, lq, prompt):
+        return net(lq, prompt) if self.prompt_dim is not None else net(lq)
+
+    def _losses(self, output, gt):
+        """(total, {name: loss}) of basicsr's pixel and perceptual losses."""
+        losses = OrderedDict()
+        if self.cri_pix:
+            losses['l_pix'] = self.cri_pix(output, gt)
+        if self.cri_perceptual:
+            percep, style = self.cri_perceptual(output, gt)
+            losses.update((k, v) for k, v in (('l_percep', percep), ('l_style', style)) if v is not None)
+        return sum(losses.values()), losses
+
+    def optimize_parameters(self, current_iter):
+        """One optimiser step on the fed batch, in ``accumulate`` micro-batches, under ``amp`` autocast."""
+        self.optimizer_g.zero_grad(set_to_none=True)
+        n = self.speed.accumulate
+        prompts = [None] * n if self.prompt is None else self.prompt.chunk(n)
+        log = OrderedDict()
+        autocast = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(self.speed.amp)
+        for i, (lq, gt, prompt) in enumerate(zip(self.lq.chunk(n), self.gt.chunk(n), prompts)):
+            # Under DDP only the last micro-batch all-reduces the gradients.
+            sync = nullcontext() if i == n - 1 or not self.opt['dist'] else self.net_g.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=autocast, enabled=autocast is not None):
+                    total, losses = self._losses(self._run(self._train_net, lq, prompt), gt)
+                total = total / n
+                (self.scaler.scale(total) if self.scaler else total).backward()
+            for name, value in losses.items():
+                log[name] = log.get(name, 0) + value.detach().float() / n
+        if self.scaler:
+            self.scaler.step(self.optimizer_g)
+            self.scaler.update()
+        else:
+            self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(log)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # ------------------------------------------------------------------ temperature
     def set_temperature(self, value):
         """Set the router temperature of every DCM in net_g and net_g_ema (EMA copies parameters only)."""
         if value == self.current_temperature:
@@ -122,9 +196,44 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, SRMode
         log = super().get_current_log()
         if self.current_temperature is not None:
             log['temperature'] = self.current_temperature
+        if self.scaler is not None:
+            log['grad_scale'] = self.scaler.get_scale()
         return log
 
-    # ------------------------------------------------------------------ attention export
+    # ------------------------------------------------------------------ saving and resuming
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """basicsr's checkpoint layout (``params`` / ``params_ema``) plus the model's record of its prompts
+        (:mod:`pdnsr.provenance`), written atomically. Rank 0 only."""
+        if self.opt['rank'] != 0:
+            return
+        nets, keys = (net, param_key) if isinstance(net, list) else ([net], [param_key])
+        checkpoint = {
+            k: {name: v.cpu() for name, v in self.get_bare_model(n).state_dict().items()} for n, k in zip(nets, keys)
+        }
+        bare = self.get_bare_model(nets[0])
+        checkpoint[provenance.KEY] = provenance.make_record(
+            self.opt['network_g'], self.stores_record, self.prompt_dim, network_layout(bare)
+        )
+        label = 'latest' if current_iter == -1 else current_iter
+        save_checkpoint(checkpoint, os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+
+    def save_training_state(self, epoch, current_iter):
+        """basicsr's training state (optimisers, schedulers) plus the fp16 GradScaler's, written atomically."""
+        if self.opt['rank'] != 0 or current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers]}
+        state['schedulers'] = [s.state_dict() for s in self.schedulers]
+        if self.scaler is not None:
+            state['scaler'] = self.scaler.state_dict()
+        save_checkpoint(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        super().resume_training(resume_state)
+        if self.scaler is not None and 'scaler' in resume_state:
+            self.scaler.load_state_dict(resume_state['scaler'])
+            get_root_logger().info(f'Resumed the fp16 GradScaler at scale {self.scaler.get_scale():g}.')
+
+    # ------------------------------------------------------------------ validation, testing, attention export
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         self._val_context = dict(
             dataset=dataloader.dataset.opt['name'], iter=current_iter, tb_logger=tb_logger, save_img=save_img
@@ -135,16 +244,22 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, SRMode
             self._val_context = None
 
     def test(self):
+        """The output of the EMA network, else of the bare ``net_g``, for the fed batch (no autograd, no DDP)."""
+        net = getattr(self, 'net_g_ema', None) or self.get_bare_model(self.net_g)
         request = (self.opt.get('val') or {}).get('save_attention')
         chosen = {}
         if request and self._val_context is not None and self._val_context['save_img']:
-            chosen = select_dcms(getattr(self, 'net_g_ema', self.net_g), request, 'val.save_attention')
+            chosen = select_dcms(net, request, 'val.save_attention')
         for dcm in chosen.values():
             dcm.keep_attention = True
+        was_training = net.training
+        net.eval()
         try:
-            super().test()
+            with torch.no_grad():
+                self.output = self._run(net, self.lq, self.prompt)
             self.attention = {i: dcm.last_attention for i, dcm in chosen.items()}
         finally:
+            net.train(was_training)
             for dcm in chosen.values():
                 dcm.keep_attention, dcm.last_attention = False, None
         if self.attention:

@@ -27,3 +27,37 @@ def overlay_heatmap(image_bgr, mask, alpha=0.5):
     """The heat map of ``mask`` blended over ``image_bgr`` (uint8, (H, W, 3)), resized to the image."""
     heat = attention_heatmap(mask, size=(image_bgr.shape[1], image_bgr.shape[0]))
     return cv2.addWeighted(image_bgr, 1 - alpha, heat, alpha, 0)
+
+
+# Picture grids: a white strip of LABEL_H pixels with the label above each panel, GAP white pixels between panels.
+LABEL_H = 28
+GAP = 4
+
+
+def labelled_grid(rows):
+    """One picture of labelled panels: ``rows`` is ``[[(label, image), ...], ...]``, uint8 BGR images, each row's
+    panels of one height and every row of one width."""
+    out = []
+    for row in rows:
+        panels = []
+        for label, image in row:
+            strip = np.full((LABEL_H, image.shape[1], 3), 255, np.uint8)
+            cv2.putText(strip, label, (4, LABEL_H - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+            panels.append(np.concatenate([strip, image], axis=0))
+        out.append(_join(panels, axis=1))
+    return _join(out, axis=0)
+
+
+def _join(pictures, axis):
+    """``pictures`` side by side (axis 1) or stacked (axis 0), GAP white pixels apart."""
+    shape = list(pictures[0].shape)
+    shape[axis] = GAP
+    gap = np.full(shape, 255, np.uint8)
+    return np.concatenate(
+        [p for i, picture in enumerate(pictures) for p in ((gap, picture) if i else (picture,))], axis
+    )
+
+
+def grid_size(panel_h, panel_w, cols, rows=1):
+    """(height, width) of :func:`labelled_grid` of ``rows`` x ``cols`` panels of ``panel_h`` x ``panel_w``."""
+    return rows * (panel_h + LABEL_H) + (rows - 1) * GAP, cols * panel_w + (cols - 1) * GAP

@@ -1,0 +1,88 @@
+"""The ``train:`` options pdnsr adds to basicsr's training loop for speed, and the check of the whole section.
+
+::
+
+    train:
+      amp: bf16            # bf16 | fp16 | false: autocast for forward and loss (fp16 with a GradScaler)
+      channels_last: true  # network and inputs in channels-last memory format
+      compile: true        # torch.compile of net_g for training; or {mode: max-autotune, dynamic: false}
+      accumulate: 4        # each iteration's batch in 4 micro-batches: same result, 1/4 of the activation memory
+
+All are off by default. ``accumulate: N`` keeps what an iteration is: ``batch_size_per_gpu`` is still the batch of
+one optimiser step (the learning rate, the EMA, the scheduler and the DCM temperature all count optimiser steps), and
+it is computed as N micro-batches of ``batch_size_per_gpu / N`` whose gradients add up to the whole batch's. So a
+recipe gives the same training with any ``accumulate`` (up to float rounding) and only its memory changes.
+"""
+
+from dataclasses import dataclass
+
+# basicsr's SRModel reads these train: keys; pdnsr adds the rest. Anything else is a typo or an option of another
+# basicsr model: named in a warning (basicsr itself ignores unknown keys silently).
+BASICSR_TRAIN_KEYS = ('ema_decay', 'optim_g', 'scheduler', 'total_iter', 'warmup_iter', 'pixel_opt', 'perceptual_opt')
+PDNSR_TRAIN_KEYS = ('temperature', 'amp', 'channels_last', 'compile', 'accumulate')
+AMP_DTYPES = ('bf16', 'fp16')
+COMPILE_KEYS = ('mode', 'dynamic', 'fullgraph', 'backend')
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Parsed ``train.amp`` / ``channels_last`` / ``compile`` / ``accumulate`` (see the module docstring)."""
+
+    amp: str = None  # None, 'bf16' or 'fp16'
+    channels_last: bool = False
+    compile: dict = None  # None: eager; else torch.compile keyword arguments
+    accumulate: int = 1
+
+    @classmethod
+    def from_opt(cls, train_opt, batch_size=None):
+        """Parse a ``train:`` section; ``batch_size`` (the training set's ``batch_size_per_gpu``) is checked against
+        ``accumulate``.
+
+        Raises:
+            ValueError: one line naming the option, the value and what is allowed.
+        """
+        train_opt = train_opt or {}
+        amp = train_opt.get('amp', False)
+        if amp is False or amp is None:
+            amp = None
+        elif amp not in AMP_DTYPES:
+            raise ValueError(f'train.amp: {amp!r} is not one of bf16, fp16, false')
+        channels_last = train_opt.get('channels_last', False)
+        if not isinstance(channels_last, bool):
+            raise ValueError(f'train.channels_last must be true or false, got {channels_last!r}')
+        compile_opt = train_opt.get('compile', False)
+        if compile_opt is True:
+            compile_opt = {}
+        elif compile_opt is False or compile_opt is None:
+            compile_opt = None
+        elif isinstance(compile_opt, dict):
+            unknown = sorted(set(compile_opt) - set(COMPILE_KEYS))
+            if unknown:
+                raise ValueError(f'train.compile: unknown option(s) {unknown}; valid: {list(COMPILE_KEYS)}')
+            compile_opt = dict(compile_opt)
+        else:
+            raise ValueError(
+                f'train.compile must be true, false or a mapping of torch.compile options, got {compile_opt!r}'
+            )
+        accumulate = train_opt.get('accumulate', 1)
+        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+            raise ValueError(f'train.accumulate must be a positive integer, got {accumulate!r}')
+        if batch_size is not None and batch_size % accumulate:
+            raise ValueError(
+                f'train.accumulate: {accumulate} does not divide batch_size_per_gpu {batch_size}; the batch of an '
+                f'iteration is split into {accumulate} equal micro-batches'
+            )
+        return cls(amp, channels_last, compile_opt, accumulate)
+
+    def describe(self):
+        """'bf16 autocast, channels_last, compiled, 4 micro-batches' (or 'float32, eager')."""
+        parts = [f'{self.amp} autocast' if self.amp else 'float32']
+        parts += ['channels_last'] if self.channels_last else []
+        parts += [f'compiled {self.compile}' if self.compile else 'eager']
+        parts += [f'{self.accumulate} micro-batches per step'] if self.accumulate > 1 else []
+        return ', '.join(parts)
+
+
+def unknown_train_keys(train_opt):
+    """The keys of a ``train:`` section that neither basicsr's SRModel nor pdnsr reads, sorted."""
+    return sorted(set(train_opt or {}) - set(BASICSR_TRAIN_KEYS) - set(PDNSR_TRAIN_KEYS))
