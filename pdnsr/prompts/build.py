@@ -76,6 +76,11 @@ def _load_coco(data, source):
                 f'Caption file {source}: annotations[{i}] (id {ann.get("id")}) refers to image_id {_short(image_id)}, '
                 "which no entry of 'images' has."
             )
+        if not isinstance(ann['caption'], str):
+            raise ValueError(
+                f'Caption file {source}: annotations[{i}] (id {ann.get("id")}) has a caption of type '
+                f'{type(ann["caption"]).__name__}, not a string.'
+            )
         key = names[image_id]
         captions.setdefault(key, []).extend(_clean_captions(key, ann['caption'], source))
     missing = len(set(names.values()) - set(captions))
