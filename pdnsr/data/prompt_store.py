@@ -313,11 +313,12 @@ class PromptStore:
         reserved = {k.encode() for k in RESERVED_KEYS}
         count = 0
         # buffers=True (the shared transaction): len() of a value reads its size, not its bytes.
-        for raw_key, value in self._txn.cursor().iternext(keys=True, values=True):
-            if raw_key in reserved:
-                continue
-            self._check_size(bytes(raw_key).decode('utf-8', 'replace'), len(value))
-            count += 1
+        with self._txn.cursor() as cursor:
+            for raw_key, value in cursor.iternext(keys=True, values=True):
+                if raw_key in reserved:
+                    continue
+                self._check_size(bytes(raw_key).decode('utf-8', 'replace'), len(value))
+                count += 1
         if count != len(self):
             raise ValueError(
                 f'Prompt store {self._path} holds {count} keys but its metadata says {len(self)}; the store is '
