@@ -30,6 +30,7 @@ setup(
             'pdnsr-test=pdnsr.test:main',
             'pdnsr-infer=pdnsr.infer_cli:main',
             'pdnsr-demo=pdnsr.demo:main',
+            'pdnsr-prepare=pdnsr.data.preparation.cli:main',
         ],
     },
 )

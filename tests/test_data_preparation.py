@@ -1,12 +1,14 @@
-"""Data preparation: the paper's degradation and the COCO / faces / benchmark scripts, on tiny real files."""
+"""Data preparation: the paper's degradation and the COCO / faces / benchmark commands, on tiny real files."""
 
-import importlib.util
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import cv2
@@ -20,19 +22,14 @@ from basicsr.utils.matlab_functions import imresize
 # isort: on
 
 from pdnsr.data.degradations import blur_downsample
+from pdnsr.data.preparation import cli
+from pdnsr.data.preparation.cli import script_main as prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
-if str(REPO_ROOT) not in sys.path:  # the scripts live outside the installed package
-    sys.path.insert(0, str(REPO_ROOT))
-
-from scripts.data_preparation import prepare_benchmark, prepare_coco, prepare_faces  # noqa: E402
-
-HAS_PROMPTS = importlib.util.find_spec('pdnsr.prompts.build') is not None
 needs_shared = pytest.mark.skipif(
     not (SHARED_DATA / 'benchmarks' / 'Set5').is_dir(), reason=f'shared test data not found at {SHARED_DATA}'
 )
-needs_prompts = pytest.mark.skipif(not HAS_PROMPTS, reason='pdnsr.prompts.build (prompt store builder) not present')
 
 
 def synthetic_image(h, w, seed):
@@ -41,6 +38,22 @@ def synthetic_image(h, w, seed):
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([xx / w, yy / h, (xx + yy) / (h + w)], axis=2) * 200
     return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def truncate(path, fraction):
+    """Cut a file to ``fraction`` of its bytes, as an interrupted download or copy does."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: int(len(data) * fraction)])
+
+
+def files_under(folder):
+    """Every file below ``folder`` (relative paths); [] when it does not exist."""
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob('*') if p.is_file())
+
+
+def error_lines(err):
+    """The lines of captured stderr that report an error (progress bars share stderr)."""
+    return [line for line in err.splitlines() if ': error: ' in line]
 
 
 def mtimes(folder):
@@ -90,7 +103,7 @@ def test_blur_downsample_dtypes_and_plain_bicubic():
         blur_downsample(img8, 0)
 
 
-# ---------------------------------------------------------------- benchmark script
+# ---------------------------------------------------------------- benchmark command
 
 
 @needs_shared
@@ -100,7 +113,7 @@ def test_prepare_benchmark(tmp_path, capsys):
     for name in ('Set5/head.png', 'Set5/woman.png', 'Set14/bridge.png'):  # 280x280, 344x228, grey 512x512
         shutil.copy(SHARED_DATA / 'benchmarks' / name, src)
     out = tmp_path / 'out'
-    assert prepare_benchmark.main([str(src), str(out), '--scale', '3', '--workers', '2']) == 0
+    assert prepare('benchmark', [str(src), str(out), '--scale', '3', '--workers', '2']) == 0
     assert 'bridge' in capsys.readouterr().out  # the greyscale conversion is reported
 
     for name in ('head', 'woman', 'bridge'):
@@ -116,13 +129,13 @@ def test_prepare_benchmark(tmp_path, capsys):
 
     # Rerun: nothing rewritten. Changed options: refused in one line with exit code 2.
     before = mtimes(out)
-    assert prepare_benchmark.main([str(src), str(out), '--scale', '3', '--workers', '1']) == 0
+    assert prepare('benchmark', [str(src), str(out), '--scale', '3', '--workers', '1']) == 0
     assert mtimes(out) == before
     capsys.readouterr()
-    assert prepare_benchmark.main([str(src), str(out), '--scale', '3', '--sigma', '0']) == 2
+    assert prepare('benchmark', [str(src), str(out), '--scale', '3', '--sigma', '0']) == 2
     err = capsys.readouterr().err.strip()
     assert 'sigma' in err and '--overwrite' in err and len(err.splitlines()) == 1
-    assert prepare_benchmark.main([str(src), str(out), '--scale', '3', '--sigma', '0', '--overwrite']) == 0
+    assert prepare('benchmark', [str(src), str(out), '--scale', '3', '--sigma', '0', '--overwrite']) == 0
     hr = cv2.imread(str(out / 'HR' / 'head.png'))
     np.testing.assert_array_equal(cv2.imread(str(out / 'LRx3' / 'head.png')), blur_downsample(hr, 3, 0))
 
@@ -142,7 +155,7 @@ def test_prepare_benchmark_cli_user_error(tmp_path):
     assert line.startswith(f'prepare_benchmark.py: error: input folder not found: {tmp_path}/missing'), line
 
 
-# ---------------------------------------------------------------- COCO script
+# ---------------------------------------------------------------- COCO command
 
 
 def make_tiny_coco(root):
@@ -165,7 +178,7 @@ def test_prepare_coco(tmp_path):
     images, captions = make_tiny_coco(tmp_path)
     out = tmp_path / 'coco'
     argv = ['--images', str(images), '--captions', str(captions), '--output', str(out), '--workers', '2', '--lmdb']
-    assert prepare_coco.main(argv) == 0
+    assert prepare('coco', argv) == 0
 
     # 640x480: rows {0, 160} x cols {0, 320}; 520x400: rows {0, 200} x cols {0, 80}; 400x300 dropped (< 512).
     expected = [f'{k}_s{i:03d}.png' for k in ('000000000009', '000000000025') for i in range(1, 5)]
@@ -182,11 +195,10 @@ def test_prepare_coco(tmp_path):
     meta = (out / 'GT.lmdb' / 'meta_info.txt').read_text().split('\n')
     assert meta[0] == '000000000009_s001.png (320,320,3) 1'
     before = mtimes(out)
-    assert prepare_coco.main(argv) == 0  # idempotent: images and LMDBs kept as they are
+    assert prepare('coco', argv) == 0  # idempotent: images and LMDBs kept as they are
     assert mtimes(out) == before
 
 
-@needs_prompts
 def test_prepare_coco_text_prompts_feed_the_dataset(tmp_path):
     from pdnsr.data.prompt_paired_image_dataset import PromptPairedImageDataset
     from pdnsr.data.prompt_store import PromptStore
@@ -195,7 +207,7 @@ def test_prepare_coco_text_prompts_feed_the_dataset(tmp_path):
     out = tmp_path / 'coco'
     argv = ['--images', str(images), '--captions', str(captions), '--output', str(out), '--crop-size', '160']
     argv += ['--workers', '1', '--lmdb', '--prompts', '--clip-pretrained', 'none']
-    assert prepare_coco.main(argv) == 0
+    assert prepare('coco', argv) == 0
     store = PromptStore(str(out / 'prompts_text.lmdb'))
     # keyed by parent image (2 captions each); the dropped image is not in the store
     assert sorted(store.keys()) == ['000000000009', '000000000025']
@@ -224,11 +236,11 @@ def test_prepare_coco_text_prompts_feed_the_dataset(tmp_path):
         dataset.prompt_store.close()  # py-lmdb refuses a second open of the same store in one process
 
     before = mtimes(out)
-    assert prepare_coco.main(argv) == 0  # the complete store is kept, without loading the encoder
+    assert prepare('coco', argv) == 0  # the complete store is kept, without loading the encoder
     assert mtimes(out) == before
 
 
-# ---------------------------------------------------------------- faces script
+# ---------------------------------------------------------------- faces command
 
 
 def test_prepare_faces(tmp_path, capsys):
@@ -237,23 +249,28 @@ def test_prepare_faces(tmp_path, capsys):
     cv2.imwrite(str(src / '00000.png'), synthetic_image(300, 256, seed=3))  # not square: centre crop, resize
     cv2.imwrite(str(src / '00001.png'), synthetic_image(128, 128, seed=4))  # already HR size
     cv2.imwrite(str(src / '00002.png'), synthetic_image(100, 100, seed=5))  # too small: dropped
+    cv2.imwrite(str(src / '00003.png'), synthetic_image(128, 128, seed=6))
+    truncate(src / '00003.png', 0.6)  # skipped, with one line
     out = tmp_path / 'out'
-    assert prepare_faces.main([str(src), str(out), '--hr-size', '128', '--workers', '1']) == 0
-    assert '1 dropped' in capsys.readouterr().out
+    assert prepare('faces', [str(src), str(out), '--hr-size', '128', '--workers', '1']) == 0
+    captured = capsys.readouterr()
+    assert '1 dropped' in captured.out and '1 skipped' in captured.out
+    assert [line for line in captured.err.splitlines() if line.startswith('skipped:')] == [
+        f'skipped: image {src / "00003.png"} is truncated (its PNG data stops before the IEND chunk)'
+    ]
     assert sorted(os.listdir(out / 'HR')) == ['00000.png', '00001.png']
     for scale, side in ((8, 16), (16, 8)):
         assert sorted(os.listdir(out / f'LRx{scale}')) == ['00000.png', '00001.png']
         assert cv2.imread(str(out / f'LRx{scale}' / '00000.png')).shape == (side, side, 3)
     assert cv2.imread(str(out / 'HR' / '00000.png')).shape == (128, 128, 3)
     np.testing.assert_array_equal(cv2.imread(str(out / 'HR' / '00001.png')), cv2.imread(str(src / '00001.png')))
-    assert prepare_faces.main([str(src), str(out), '--hr-size', '100']) == 2  # 100 is not a multiple of 8
+    assert prepare('faces', [str(src), str(out), '--hr-size', '100']) == 2  # 100 is not a multiple of 8
 
 
-# ---------------------------------------------------------------- prompts through the scripts
+# ---------------------------------------------------------------- prompts through the commands
 
 
 @needs_shared
-@needs_prompts
 def test_prepare_benchmark_mixed_prompts(tmp_path, capsys):
     from pdnsr.data.prompt_store import PromptStore
 
@@ -264,14 +281,183 @@ def test_prepare_benchmark_mixed_prompts(tmp_path, capsys):
     out = tmp_path / 'out'
     argv = [str(src), str(out), '--scale', '4', '--workers', '1', '--prompts', 'image', '--clip-pretrained', 'none']
     argv += ['--captions', str(SHARED_DATA / 'benchmarks' / 'captions.json'), '--captions-subset', 'Set5']
-    assert prepare_benchmark.main(argv) == 0
+    assert prepare('benchmark', argv) == 0
     store = PromptStore(str(out / 'prompts_mixed_x4.lmdb'))
     assert sorted(store.keys()) == ['baby', 'bird']
     assert store.meta['kind'] == 'mixed' and store.meta['view'] == 'flip'
     store.close()
     before = mtimes(out)
-    assert prepare_benchmark.main(argv) == 0
+    assert prepare('benchmark', argv) == 0
     assert mtimes(out) == before
     capsys.readouterr()
-    assert prepare_benchmark.main(argv + ['--view', 'identity']) == 2  # a store made another way is not reused
+    assert prepare('benchmark', argv + ['--view', 'identity']) == 2  # a store made another way is not reused
     assert 'view' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- bad input images
+
+
+def add_bad_images(images):
+    """A JPEG cut to 60 % (cv2.imread decodes it without an error, the missing rows flat grey), a PNG cut to 60 %
+    and a file that is not an image, all big enough to be kept; returns their paths in the order they are met."""
+    bad = [images / 'bad_cut.jpg', images / 'bad_cut_png.png', images / 'bad_not_an_image.png']
+    cv2.imwrite(str(bad[0]), synthetic_image(600, 640, seed=7), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(bad[1]), synthetic_image(600, 640, seed=8))
+    for path in bad[:2]:
+        truncate(path, 0.6)
+    bad[2].write_text('not an image')
+    return bad
+
+
+COCO_CROPS = [f'{k}_s{i:03d}.png' for k in ('000000000009', '000000000025') for i in range(1, 5)]
+
+
+def test_prepare_coco_skips_bad_images_with_one_line_each(tmp_path, capsys):
+    images, _ = make_tiny_coco(tmp_path)
+    bad = add_bad_images(images)
+    out = tmp_path / 'coco'
+    assert prepare('coco', ['--images', str(images), '--output', str(out), '--workers', '2']) == 0
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if line.startswith('skipped:')]
+    assert len(skipped) == 3 and all(str(path) in line for path, line in zip(bad, skipped)), skipped
+    assert 'truncated' in skipped[0] and 'truncated' in skipped[1] and 'cannot decode' in skipped[2]
+    assert '6 images: 2 kept, 1 dropped' in captured.out and '3 skipped (unreadable or truncated' in captured.out
+    assert sorted(os.listdir(out / 'GT')) == COCO_CROPS  # nothing of the bad files, no temporary files
+    assert all(sorted(os.listdir(out / f'LRx{s}')) == COCO_CROPS for s in (2, 4, 8))
+
+
+def test_prepare_coco_strict_stops_at_the_first_bad_image(tmp_path, capsys):
+    images, _ = make_tiny_coco(tmp_path)
+    bad = add_bad_images(images)
+    out = tmp_path / 'coco'
+    argv = ['--images', str(images), '--output', str(out), '--workers', '1', '--strict']
+    assert prepare('coco', argv) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith(f'prepare_coco.py: error: image {bad[0]} is truncated') and '--strict' in line, line
+    assert not [name for name in files_under(out) if 'bad_' in name or '.tmp-' in name]
+
+
+def test_prepare_coco_checks_clip_weights_before_any_image_work(tmp_path, capsys):
+    images, captions = make_tiny_coco(tmp_path)
+    out = tmp_path / 'coco'
+    weights = tmp_path / 'nonexistent' / 'clip.bin'
+    argv = ['--images', str(images), '--captions', str(captions), '--output', str(out), '--prompts', '--lmdb']
+    start = time.monotonic()
+    assert prepare('coco', argv + ['--clip-pretrained', str(weights)]) == 2
+    elapsed = time.monotonic() - start
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith('prepare_coco.py: error: Cannot load pretrained weights') and str(weights) in line
+    assert '--clip-pretrained' in line  # says how to pass a local file
+    assert elapsed < 10 and files_under(out) == []
+
+
+def test_prepare_coco_checks_captions_before_any_image_work(tmp_path, capsys):
+    images, captions = make_tiny_coco(tmp_path)
+    coco = json.loads(captions.read_text())
+    only_images = tmp_path / 'only_images.json'
+    only_images.write_text(json.dumps({'images': coco['images']}))
+    no_caption = tmp_path / 'no_caption.json'
+    no_caption.write_text(json.dumps(dict(coco, annotations=coco['annotations'][:3] + [{'id': 5, 'image_id': 9}])))
+    other_split = tmp_path / 'captions_val2017.json'
+    other_split.write_text(
+        json.dumps(dict(coco, images=[dict(im, file_name=f'x{im["id"]}.jpg') for im in coco['images']]))
+    )
+    cases = (
+        (only_images, "looks like COCO captions (it has 'images') but lacks 'annotations'"),
+        (no_caption, "annotations[3] needs an 'image_id' and a 'caption'"),
+        # 640x480 and 520x400 would be kept, 400x300 not (sizes from the file headers)
+        (other_split, '2 image(s) that will be kept have no caption'),
+    )
+    for path, expected in cases:
+        out = tmp_path / f'out_{path.stem}'
+        argv = ['--images', str(images), '--captions', str(path), '--output', str(out), '--prompts']
+        assert prepare('coco', argv + ['--clip-pretrained', 'none']) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith('prepare_coco.py: error: ') and expected in line and str(path) in line, line
+        assert files_under(out) == []
+
+
+def test_prepare_checks_the_output_folder_before_any_image_work(tmp_path, capsys):
+    images, _ = make_tiny_coco(tmp_path)
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('')
+    assert prepare('coco', ['--images', str(images), '--output', str(a_file / 'coco')]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f'prepare_coco.py: error: output folder {a_file / "coco"}: {a_file} exists and is not')
+
+
+def test_pdnsr_prepare_dispatches_to_the_commands(tmp_path, capsys):
+    src = tmp_path / 'faces'
+    src.mkdir()
+    cv2.imwrite(str(src / 'face.png'), synthetic_image(64, 64, seed=9))
+    assert cli.main(['faces', str(src), str(tmp_path / 'out'), '--hr-size', '64', '--workers', '1']) == 0
+    assert sorted(os.listdir(tmp_path / 'out' / 'LRx16')) == ['face.png']
+    capsys.readouterr()
+    assert cli.main(['benchmark', str(tmp_path / 'missing'), str(tmp_path / 'out2')]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f'pdnsr-prepare: error: input folder not found: {tmp_path / "missing"}')
+    assert cli.main(['resize']) == 2 and "invalid choice: 'resize'" in capsys.readouterr().err
+    # the console script named in setup.py is this function
+    setup = (REPO_ROOT / 'setup.py').read_text()
+    assert "'pdnsr-prepare=pdnsr.data.preparation.cli:main'" in setup
+
+
+def run_bounded(argv, timeout, **kwargs):
+    """Run a command in its own process group; on timeout kill the whole group (a hung pool's workers too) and
+    fail. Returns (returncode, stdout, stderr, seconds)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f'the command did not finish within {timeout} s (hung?); stderr: {err[-1500:]}')
+    return proc.returncode, out, err, time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_worker_pool_survives_threaded_opencv_work_in_the_same_process(tmp_path):
+    # A fork pool deadlocks here: the forked workers hang in cv2.setNumThreads because the parent's OpenCV thread
+    # pool has run. The subprocess keeps a hang from blocking the test session.
+    images, _ = make_tiny_coco(tmp_path)
+    out = tmp_path / 'coco'
+    argv = ['--images', str(images), '--output', str(out), '--workers', '2', '--crop-size', '160', '--lmdb']
+    code = textwrap.dedent(f"""
+        import sys
+        import cv2
+        import numpy as np
+        import pdnsr
+        cv2.setNumThreads(2)
+        img = np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)
+        for _ in range(6):
+            img = cv2.GaussianBlur(cv2.resize(img, (3100, 3100)), (0, 0), 3)[:3000, :3000]
+        from pdnsr.data.preparation.cli import script_main
+        sys.exit(script_main('coco', {argv!r}))
+    """)
+    returncode, _, err, _ = run_bounded([sys.executable, '-c', code], timeout=240)
+    assert returncode == 0, err[-2000:]
+    assert len(os.listdir(out / 'GT')) == 24 and (out / 'LRx8.lmdb' / 'data.mdb').is_file()
+
+
+@pytest.mark.slow
+def test_prepare_coco_script_fails_fast_without_clip_weights(tmp_path):
+    # The tag's download host is a closed local port and every cache is empty: the encoder's reachability probe
+    # fails at once, as it does within seconds on a machine without network.
+    images, captions = make_tiny_coco(tmp_path)
+    out = tmp_path / 'coco'
+    script = REPO_ROOT / 'scripts' / 'data_preparation' / 'prepare_coco.py'
+    argv = [sys.executable, str(script), '--images', str(images), '--captions', str(captions), '--output', str(out)]
+    argv += ['--prompts', '--clip-pretrained', 'openai']
+    env = dict(os.environ, HOME=str(tmp_path), HF_HOME=str(tmp_path / 'hf'), XDG_CACHE_HOME=str(tmp_path / 'cache'))
+    env.update(HF_ENDPOINT='http://127.0.0.1:9', NO_PROXY='127.0.0.1', no_proxy='127.0.0.1')
+    returncode, _, err, seconds = run_bounded(argv, timeout=180, env=env)
+    assert returncode == 2, err[-2000:]
+    (line,) = err.strip().splitlines()
+    assert (
+        line.startswith("prepare_coco.py: error: Cannot load pretrained weights 'openai'") and 'not reachable' in line
+    )
+    assert files_under(out) == []
+    print(f'prepare_coco.py with unavailable CLIP weights: exit 2 after {seconds:.1f} s (including imports)')

@@ -76,6 +76,31 @@ def test_load_captions_layouts(tmp_path, shared_data):
         load_captions(bad)
 
 
+def test_load_captions_checks_every_coco_entry(tmp_path):
+    images = [{'id': 1, 'file_name': 'a.jpg'}, {'id': 2, 'file_name': 'b.jpg'}]
+    annotations = [{'id': 10, 'image_id': 1, 'caption': 'a cat'}, {'id': 11, 'image_id': 2, 'caption': 'a dog'}]
+    cases = (
+        ({'images': images}, "looks like COCO captions (it has 'images') but lacks 'annotations'"),
+        ({'annotations': annotations, 'info': {}}, "(it has 'annotations') but lacks 'images'"),
+        ({'images': images, 'annotations': {'10': 'x'}}, "'annotations' must be a list, got dict"),
+        ({'images': images + [{'id': 3}], 'annotations': annotations}, "images[2] needs an 'id' and a 'file_name'"),
+        ({'images': images, 'annotations': annotations + [{'image_id': 2}]}, "annotations[2] needs an 'image_id' and"),
+        ({'images': images, 'annotations': [dict(annotations[0], image_id=5)]}, 'refers to image_id 5, which no entry'),
+        (
+            {'images': images, 'annotations': [dict(annotations[0], caption=7)]},
+            'annotations[0] (id 10) has a caption of type int',
+        ),
+    )
+    path = tmp_path / 'captions_train2017.json'
+    for data, expected in cases:
+        path.write_text(json.dumps(data))
+        with pytest.raises(ValueError) as err:
+            load_captions(path)
+        assert expected in str(err.value) and str(path) in str(err.value), str(err.value)
+    path.write_text(json.dumps({'images': images, 'annotations': annotations, 'licenses': []}))
+    assert load_captions(path) == {'a': ['a cat'], 'b': ['a dog']}
+
+
 def test_coco_captions_to_text_store(tmp_path, encoder):
     coco = {
         'images': [

@@ -8,6 +8,7 @@ imports pdnsr (which makes basicsr importable) before this module.
 import copy
 
 import cv2
+import lmdb
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils.data import DataLoader
 
 from pdnsr.data import PromptPairedImageDataset, PromptStoreWriter
+from pdnsr.data.prompt_store import close_shared
 
 D = 512
 SCALE = 2
@@ -166,3 +168,18 @@ def test_configuration_errors(data):
         PromptPairedImageDataset(_opt(root, prompt_choice='last'))
     with pytest.raises(ValueError, match=r"prompts\.lmdb has no prompt for 2 of 4 images.*'0002_s001', '0002_s002'"):
         PromptPairedImageDataset(_opt(root, prompt_key_pattern=None))
+
+
+def test_corrupt_store_is_refused_when_the_dataset_opens_it(data, tmp_path):
+    # Without the check at construction, the bad value would surface in a DataLoader worker mid-training.
+    root, prompts = data
+    store = tmp_path / 'prompts.lmdb'
+    with PromptStoreWriter(str(store), {'encoder': 'test', 'kind': 'text'}, D) as writer:
+        writer.write_batch(prompts.items())
+    close_shared(str(store))
+    env = lmdb.open(str(store))
+    with env.begin(write=True) as txn:
+        txn.put(b'flower', txn.get(b'flower')[:1000])
+    env.close()
+    with pytest.raises(ValueError, match=rf"{store}: value of key 'flower' has 1000 bytes.*4 \* d = {4 * D}.*rebuild"):
+        PromptPairedImageDataset(_opt(root, dataroot_prompt=str(store)))

@@ -125,6 +125,33 @@ def test_corrupt_metadata_and_values(store_path):
         PromptStore(store_path).keys()
 
 
+def test_verify_reads_every_length_and_names_the_first_bad_key(store_path, values):
+    assert PromptStore(store_path).verify() == len(values)
+    close_shared(store_path)
+    env = lmdb.open(store_path)
+    with env.begin(write=True) as txn:  # a value cut short, as a torn write leaves it
+        txn.put(b'img007', txn.get(b'img007')[: 4 * D + 10])
+        txn.put(b'img020', b'')
+    env.close()
+    store = PromptStore(store_path)
+    with pytest.raises(ValueError) as err:
+        store.verify()
+    message = str(err.value)
+    assert store_path in message and "'img007'" in message and f'has {4 * D + 10} bytes' in message
+    assert f'multiple of 4 * d = {4 * D}' in message and 'rebuild it' in message
+    np.testing.assert_array_equal(store.get('img006'), values['img006'])  # the other keys still read
+
+    close_shared(store_path)
+    env = lmdb.open(store_path)
+    with env.begin(write=True) as txn:
+        for key in (b'img007', b'img020'):
+            txn.put(key, np.zeros((1, D), '<f4').tobytes())
+        txn.delete(b'img039')  # the metadata still counts it
+    env.close()
+    with pytest.raises(ValueError, match=rf'holds {len(values) - 1} keys but its metadata says {len(values)}'):
+        PromptStore(store_path).verify()
+
+
 def test_plain_lmdb_without_metadata(tmp_path):
     path = str(tmp_path / 'images.lmdb')
     env = lmdb.open(path, map_size=1 << 20)

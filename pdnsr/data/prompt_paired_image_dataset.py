@@ -31,7 +31,8 @@ class PromptPairedImageDataset(PairedImageDataset):
     ``prompt_key``: the store key it came from. The option dict is copied, never modified.
 
     Raises:
-        ValueError: ``dataroot_prompt`` missing, bad ``prompt_choice``, d mismatch, or images without a prompt.
+        ValueError: ``dataroot_prompt`` missing, bad ``prompt_choice``, d mismatch, a corrupt store value
+            (:meth:`PromptStore.verify`), or images without a prompt.
     """
 
     def __init__(self, opt):
@@ -51,6 +52,8 @@ class PromptPairedImageDataset(PairedImageDataset):
         pattern = opt.get('prompt_key_pattern', DEFAULT_SUBIMAGE_PATTERN)
         self.prompt_store = PromptStore(opt['dataroot_prompt'], expected_dim=opt.get('prompt_dim'))
         try:
+            # Every value's length, once, here in the main process: a corrupt store fails now, not mid-training.
+            self.prompt_store.verify()
             self.prompt_keys = self._match_prompt_keys(pattern)
         except FileNotFoundError as err:  # say which option of which dataset points there
             raise FileNotFoundError(f'dataroot_prompt of dataset {opt.get("name")!r}: {err}') from None

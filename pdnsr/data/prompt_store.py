@@ -283,15 +283,48 @@ class PromptStore:
         buf = None if key in RESERVED_KEYS else self._txn.get(key.encode('utf-8'))
         if buf is None:
             raise KeyError(f'Prompt key {key!r} is not in prompt store {self._path} ({len(self)} keys).')
+        self._check_size(key, len(buf))
+        # The buffer points into the LMDB map and is only valid inside the transaction: copy it out.
+        return np.frombuffer(buf, dtype=_DTYPE).reshape(-1, self._meta['d']).astype(np.float32, copy=True)
+
+    def _check_size(self, key, nbytes):
+        """A value must hold m >= 1 float32 rows of d numbers."""
         dim = self._meta['d']
-        nbytes = len(buf)
         if nbytes == 0 or nbytes % (4 * dim):
             raise ValueError(
                 f'Prompt store {self._path}: value of key {key!r} has {nbytes} bytes, not a positive multiple of '
-                f'4 * d = {4 * dim}; the store is corrupt: rebuild it.'
+                f'4 * d = {4 * dim}; the store is corrupt: rebuild it ({_BUILD_HINT}).'
             )
-        # The buffer points into the LMDB map and is only valid inside the transaction: copy it out.
-        return np.frombuffer(buf, dtype=_DTYPE).reshape(-1, dim).astype(np.float32, copy=True)
+
+    def verify(self):
+        """Check every value's length (m >= 1 rows of d float32) and the key count, without decoding a value.
+
+        Meant for opening a store for a dataset, once in the main process: a truncated or corrupt value is found
+        in well under a second for 10,000 keys, instead of in a DataLoader worker in the middle of training.
+
+        Returns:
+            int: the number of keys checked.
+
+        Raises:
+            ValueError: the first bad key, its byte length and the expected multiple, or a count that differs from
+                the metadata's; the store must be rebuilt.
+        """
+        self._ensure_open()
+        reserved = {k.encode() for k in RESERVED_KEYS}
+        count = 0
+        # buffers=True (the shared transaction): len() of a value reads its size, not its bytes.
+        with self._txn.cursor() as cursor:
+            for raw_key, value in cursor.iternext(keys=True, values=True):
+                if raw_key in reserved:
+                    continue
+                self._check_size(bytes(raw_key).decode('utf-8', 'replace'), len(value))
+                count += 1
+        if count != len(self):
+            raise ValueError(
+                f'Prompt store {self._path} holds {count} keys but its metadata says {len(self)}; the store is '
+                f'corrupt: rebuild it ({_BUILD_HINT}).'
+            )
+        return count
 
     def __repr__(self):
         return f'PromptStore({self._path!r})'

@@ -37,15 +37,51 @@ def _clean_captions(key, captions, source):
     return cleaned
 
 
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + '...'
+
+
 def _load_coco(data, source):
+    """Captions of a COCO captions file, every entry checked: a message names the first bad one."""
+    for field in ('images', 'annotations'):
+        if field not in data:
+            present = 'images' if field == 'annotations' else 'annotations'
+            raise ValueError(
+                f'Caption file {source} looks like COCO captions (it has {present!r}) but lacks {field!r}; a COCO '
+                'captions file (captions_*.json) has both lists.'
+            )
+        if not isinstance(data[field], list):
+            raise ValueError(f'Caption file {source}: {field!r} must be a list, got {type(data[field]).__name__}.')
     names = {}
-    for image in data['images']:
+    for i, image in enumerate(data['images']):
+        if (
+            not isinstance(image, dict)
+            or not isinstance(image.get('id'), (int, str))
+            or not isinstance(image.get('file_name'), str)
+        ):
+            raise ValueError(
+                f"Caption file {source}: images[{i}] needs an 'id' and a 'file_name' string, got {_short(image)}."
+            )
         names[image['id']] = image_key(image['file_name'])
     captions = {}
-    for ann in data['annotations']:
-        if ann['image_id'] not in names:
-            raise ValueError(f'{source}: annotation {ann.get("id")} refers to unknown image_id {ann["image_id"]}.')
-        key = names[ann['image_id']]
+    for i, ann in enumerate(data['annotations']):
+        if not isinstance(ann, dict) or 'image_id' not in ann or 'caption' not in ann:
+            raise ValueError(
+                f"Caption file {source}: annotations[{i}] needs an 'image_id' and a 'caption', got {_short(ann)}."
+            )
+        image_id = ann['image_id']
+        if not isinstance(image_id, (int, str)) or image_id not in names:
+            raise ValueError(
+                f'Caption file {source}: annotations[{i}] (id {ann.get("id")}) refers to image_id {_short(image_id)}, '
+                "which no entry of 'images' has."
+            )
+        if not isinstance(ann['caption'], str):
+            raise ValueError(
+                f'Caption file {source}: annotations[{i}] (id {ann.get("id")}) has a caption of type '
+                f'{type(ann["caption"]).__name__}, not a string.'
+            )
+        key = names[image_id]
         captions.setdefault(key, []).extend(_clean_captions(key, ann['caption'], source))
     missing = len(set(names.values()) - set(captions))
     if missing:
@@ -62,7 +98,8 @@ def load_captions(path, subset=None):
     - ``{set_name: {key: [caption, ...]}}``, e.g. ``benchmarks/captions.json``; ``subset`` picks one set, otherwise
       all sets are merged (a key in two sets is an error);
     - COCO ``captions_*.json``: ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``, ``caption``);
-      key = file name without extension; all captions of an image are kept.
+      key = file name without extension; all captions of an image are kept. A file with either top-level key is
+      read as COCO, and every entry is checked.
 
     Args:
         path (str): JSON file.
@@ -70,6 +107,10 @@ def load_captions(path, subset=None):
 
     Returns:
         dict[str, list[str]]: key -> captions (in file order, stripped, empty ones dropped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, or not one of the layouts; the message names the first bad entry.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -82,15 +123,12 @@ def load_captions(path, subset=None):
     if not isinstance(data, dict):
         raise ValueError(f'Caption file {path}: expected a JSON object, got {type(data).__name__}.')
 
-    if 'images' in data and 'annotations' in data:
+    if 'images' in data or 'annotations' in data:
         if subset is not None:
             raise ValueError(
                 f'Caption file {path} is COCO-format; it has no sets, so --captions-subset does not apply.'
             )
-        try:
-            return _load_coco(data, path)
-        except (KeyError, TypeError) as err:
-            raise ValueError(f'Caption file {path}: malformed COCO captions ({err!r} missing or wrong type).') from err
+        return _load_coco(data, path)
 
     nested = [isinstance(v, dict) for v in data.values()]
     if any(nested) and not all(nested):
