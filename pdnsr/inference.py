@@ -17,7 +17,7 @@ import yaml
 from basicsr.archs import build_network
 from basicsr.utils.options import ordered_yaml
 
-from pdnsr.archs.dcm_arch import dcm_modules, takes_prompt
+from pdnsr.archs.dcm_arch import dcm_modules, kernel_cache, takes_prompt
 from pdnsr.archs.dcm_arch import keep_attention as set_keep_attention
 from pdnsr.archs.network_options import check_network_options
 from pdnsr.data.image_files import read_rgb, write_image
@@ -221,7 +221,7 @@ def super_resolve(net, lq, prompt=None, tile=None, tile_pad=32, keep_attention=F
     if keep_attention:
         set_keep_attention(net, True)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), kernel_cache(net):  # one call: every tile reuses each DCM's prompt-mixed kernels
             if tile is None:
                 sr, masks = _forward_whole(net, lq, prompt, dcms, scale)
             else:

@@ -9,6 +9,8 @@ import torch
 from basicsr.archs import build_network
 
 from pdnsr.archs import DynamicCorrelationModule, convert_state_dict_to_compact, dcm_modules
+from pdnsr.archs.dcm_arch import kernel_cache
+from pdnsr.inference import super_resolve
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C, D = 6, 10
@@ -176,63 +178,59 @@ def test_convert_script_writes_params_and_params_ema(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- eval-time cache
 @pytest.mark.parametrize('bank', ['paper', 'compact'])
-def test_eval_cache_reuses_kernels_until_something_changes(bank):
+def test_kernel_cache_reuses_kernels_inside_its_block_only(bank):
     torch.manual_seed(0)
     dcm = DynamicCorrelationModule(C, D, bank=bank).double().eval()
     x, p = inputs()
     with torch.no_grad():
-        first = dcm.mixed_kernels(p, x)
-        assert dcm.mixed_kernels(p, x) is first  # same prompt, same weights: computed once
-        out = dcm(x, p)
-        assert dcm.mixed_kernels(p.clone(), x) is not first  # another prompt tensor
-        p2 = p.clone()
-        kept = dcm.mixed_kernels(p2, x)
-        p2.mul_(2)  # the same tensor changed in place
-        assert dcm.mixed_kernels(p2, x) is not kept
-        kept = dcm.mixed_kernels(p, x)
-        dcm.set_temperature(5.0)
-        assert dcm.mixed_kernels(p, x) is not kept
-        kept = dcm.mixed_kernels(p, x)
-        dcm.load_state_dict({k: v * 1.5 if v.is_floating_point() else v for k, v in dcm.state_dict().items()})
-        changed = dcm.mixed_kernels(p, x)
-        assert changed is not kept
-        # What the cache returns is what a fresh computation gives.
-        dcm._kernel_cache = None
-        for a, b in zip(dcm.mixed_kernels(p, x)[:3], changed[:3]):
+        assert dcm.mixed_kernels(p, x) is not dcm.mixed_kernels(p, x)  # outside a block: never cached
+        with kernel_cache(dcm):
+            first = dcm.mixed_kernels(p, x)
+            assert dcm.mixed_kernels(p, x) is first  # same prompt: computed once
+            assert dcm.mixed_kernels(p.clone(), x) is not first  # another prompt tensor
+            p2 = p.clone()
+            kept = dcm.mixed_kernels(p2, x)
+            p2.mul_(2)  # the same tensor changed in place
+            assert dcm.mixed_kernels(p2, x) is not kept
+            assert dcm.mixed_kernels(p, x[:1]) is not first  # another batch
+            with kernel_cache(dcm):  # a nested block keeps the outer one's entries
+                assert dcm.mixed_kernels(p, x) is first
+            assert dcm.mixed_kernels(p, x) is first
+            fresh = [t.clone() for t in first[:3]]
+        assert dcm._kernel_cache is None
+        for a, b in zip(dcm.mixed_kernels(p, x)[:3], fresh):  # what the cache returned is what a fresh call gives
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # The cached forward equals the uncached one (train mode never caches).
-    dcm.load_state_dict({k: v / 1.5 if v.is_floating_point() else v for k, v in dcm.state_dict().items()})
-    dcm.set_temperature(34.0)
-    dcm.train()
-    torch.testing.assert_close(dcm(x, p), out, rtol=1e-12, atol=1e-12)
-    assert dcm._kernel_cache is None
 
 
 def test_no_cache_in_train_mode_or_with_autograd():
     dcm = DynamicCorrelationModule(C, D).double()
     x, p = inputs()
-    dcm(x, p)
-    assert dcm._kernel_cache is None  # train mode
-    dcm.eval()
-    out = dcm(x.requires_grad_(), p)  # eval with autograd on: gradients need a fresh graph each call
-    assert dcm._kernel_cache is None
-    out.sum().backward()
-    dcm(x, p).sum().backward()  # a second backward through a new graph works
+    with kernel_cache(dcm):
+        assert dcm.mixed_kernels(p, x) is not dcm.mixed_kernels(p, x)  # train mode
+        dcm.eval()
+        out = dcm(x.requires_grad_(), p)  # eval with autograd on: gradients need a fresh graph each call
+        assert not dcm._kernel_cache
+        out.sum().backward()
+        dcm(x, p).sum().backward()  # a second backward through a new graph works
 
 
-def test_optimizer_step_invalidates_the_cache():
-    dcm = DynamicCorrelationModule(C, D, bank='compact').double().eval()
-    x, p = inputs()
+def test_ema_style_data_updates_never_meet_stale_kernels():
+    """basicsr's EMA writes parameters through ``.data`` (no version bump); with the same prompt tensor every call
+    after such a write must give what a freshly built network with those weights gives."""
+    torch.manual_seed(0)
+    net = build('EDSRPlus', 'paper')  # float64, eval
+    randomise(net)
+    lq, prompt = torch.rand(1, 3, 6, 6, dtype=torch.float64), torch.randn(1, D, dtype=torch.float64)
     with torch.no_grad():
-        before = dcm(x, p)
-    opt = torch.optim.SGD(dcm.parameters(), lr=0.5)
-    dcm(x, p).square().mean().backward()
-    opt.step()
-    with torch.no_grad():
-        after = dcm(x, p)
-        dcm._kernel_cache = None
-        torch.testing.assert_close(dcm(x, p), after, rtol=0, atol=0)
-    assert not torch.allclose(before, after)
+        before = super_resolve(net, lq, prompt)
+        for param in net.parameters():  # what BaseModel.model_ema does
+            param.data.mul_(0.5).add_(torch.randn_like(param), alpha=0.5)
+        after = super_resolve(net, lq, prompt)
+        fresh = build('EDSRPlus', 'paper')
+        fresh.load_state_dict(net.state_dict())
+        torch.testing.assert_close(after, super_resolve(fresh, lq, prompt), rtol=0, atol=1e-6)
+        assert not torch.allclose(before, after)
+        torch.testing.assert_close(net(lq, prompt), fresh(lq, prompt), rtol=0, atol=1e-12)  # plain calls too
 
 
 @pytest.mark.parametrize('bank', ['paper', 'compact'])
@@ -255,14 +253,14 @@ def test_bf16_autocast_gradients_close_to_fp32(bank):
 
 
 def test_cache_hits_across_tiles_for_none_and_converted_prompts():
-    """Tiles of one image call the network with one prompt: each DCM mixes its kernels once."""
+    """Tiles of one image call the network with one prompt: each DCM mixes its kernels once per block."""
     net = build('EDSRPlus', 'compact')  # float64, eval
     tiles = torch.rand(2, 3, 6, 6, dtype=torch.float64).split(3, dim=3)
     for prompt in (torch.randn(2, D, dtype=torch.float32), None):  # float32 prompt, float64 features: converted
-        with torch.no_grad():
+        with torch.no_grad(), kernel_cache(net):
             net(tiles[0], prompt)
-            first = [dcm._kernel_cache[2] for dcm in dcm_modules(net)]
+            first = [dict(dcm._kernel_cache) for dcm in dcm_modules(net)]
             net(tiles[1], prompt)
-            assert all(dcm._kernel_cache[2] is kept for dcm, kept in zip(dcm_modules(net), first))
-            net(tiles[1][:1], None if prompt is None else prompt[:1])  # another batch: recomputed
-            assert all(dcm._kernel_cache[2] is not kept for dcm, kept in zip(dcm_modules(net), first))
+            assert all(dcm._kernel_cache == kept for dcm, kept in zip(dcm_modules(net), first))
+            net(tiles[1][:1], None if prompt is None else prompt[:1])  # another batch: computed once more
+            assert all(len(dcm._kernel_cache) == 2 for dcm in dcm_modules(net))

@@ -21,13 +21,14 @@ network actually uses, ``K_k = W_k o P: (n, c, c, k, k)`` (``kernel``), ``V_k = 
 (``mask_kernel``) and ``b_k`` (``bias``); ``proj`` then only serves the mask. For d >= c every (K, V) is reachable,
 so nothing is lost; a paper checkpoint converts exactly (:func:`convert_state_dict_to_compact`).
 
-In eval mode without autograd (inference, tiles, validation) the prompt-mixed kernels are computed once per prompt
-and reused until a parameter, the prompt or the temperature changes (:meth:`DynamicCorrelationModule.mixed_kernels`).
+Inside :func:`kernel_cache` (one inference call: the tiles of an image) the prompt-mixed kernels are computed once per
+prompt and reused; the parameters must not change inside the block, and outside it nothing is cached.
 
 A zero prompt is allowed and gives finite output: ``p / |p|`` is zero, so the mask is 0.5 everywhere and the kernel
 mixture is the one the router gives for a zero input (its biases). ``None`` means the same as a zero prompt.
 """
 
+import contextlib
 import math
 
 import torch
@@ -147,7 +148,7 @@ class DynamicCorrelationModule(nn.Module):
         # Visualisation: the last mask is kept only while someone asked for it (see ``keep_attention``).
         self.keep_attention = False
         self.last_attention = None
-        # Eval-time cache of the prompt-mixed kernels: (prompt, key, kernels); see ``mixed_kernels``.
+        # Prompt-mixed kernels reused inside a :func:`kernel_cache` block ({key: (prompt, kernels)}), else None.
         self._kernel_cache = None
 
     def reset_parameters(self, init_scale=0.1):
@@ -303,21 +304,21 @@ class DynamicCorrelationModule(nn.Module):
         Returns ``(kernel (B, c, c, k, k), mask_kernel (B, c, k*k), bias (B, c), mask_maps)``: the router's mixture
         of the folded bank and of the biases, and the inputs of the attention mask (None without attention).
 
-        In eval mode with autograd off (inference, tiled inference, validation) the result is cached: it is
-        recomputed only when the prompt tensor (identity or in-place version; the caller's tensor, before any dtype
-        conversion, so a float32 prompt with half features still hits), a parameter or buffer (the temperature
-        included; identity, storage, in-place version), the features' batch size, dtype or device, or the autocast
-        state changes. Train
-        mode, or eval with autograd on, never caches, so gradients always flow through a fresh graph.
+        Inside :func:`kernel_cache` (eval mode, autograd off: the tiles of one image) the result is computed once
+        per prompt tensor (identity and in-place version, the caller's tensor before any dtype conversion), batch
+        size, dtype, device and autocast state, and reused; outside it, never.
         """
-        use_cache = not self.training and not torch.is_grad_enabled()
-        if use_cache:
-            key = self._cache_key(prompt, x)
-            cached = self._kernel_cache  # one read: a concurrent caller replaces the tuple whole, never mutates it
-            if cached is not None and cached[0] is prompt and cached[1] == key:
-                return cached[2]
-        else:
-            self._kernel_cache = None
+        cache = self._kernel_cache if not self.training and not torch.is_grad_enabled() else None
+        if cache is not None:
+            device_type = x.device.type
+            autocast = torch.is_autocast_enabled(device_type)
+            key = (
+                None if prompt is None else (id(prompt), prompt._version),
+                *(x.shape[0], x.dtype, x.device, autocast),
+                torch.get_autocast_dtype(device_type) if autocast else None,
+            )
+            if key in cache:
+                return cache[key][1]
         given = prompt
         prompt = self._prompt_for(x, prompt)
         pi = self.kernel_weights(prompt)  # (B, n)
@@ -329,24 +330,9 @@ class DynamicCorrelationModule(nn.Module):
             pi @ self.bias,
             self._attention_maps(prompt) if self.use_attention else None,
         )
-        if use_cache:
-            # The cache holds the prompt itself, so no other tensor can take its identity while cached.
-            self._kernel_cache = (given, key, result)
+        if cache is not None:
+            cache[key] = (given, result)  # the prompt is held, so no other tensor can take its id meanwhile
         return result
-
-    def _cache_key(self, prompt, x):
-        device_type = x.device.type
-        autocast = torch.is_autocast_enabled(device_type)
-        state = tuple((id(t), t.data_ptr(), t._version) for t in (*self.parameters(), self.temperature))
-        return (
-            None if prompt is None else (prompt._version, prompt.data_ptr()),
-            x.shape[0],
-            x.dtype,
-            x.device,
-            autocast,
-            torch.get_autocast_dtype(device_type) if autocast else None,
-            state,
-        )
 
     def _attention_maps(self, prompt):
         """Per-sample linear maps of the mask, ``(maps (B, c + 2, c), offset (B, 1), const ())``, in float32+.
@@ -523,6 +509,26 @@ def select_dcms(net, indices, option='DCM index'):
             )
         chosen[i % len(dcms)] = dcms[i]
     return chosen
+
+
+@contextlib.contextmanager
+def kernel_cache(net):
+    """Let every DCM of ``net`` reuse its prompt-mixed kernels across the forward calls inside the block (eval mode,
+    autograd off), e.g. the tiles of one image under one prompt.
+
+    Parameters and the temperature must not change inside the block: nothing checks them (writes through ``.data``,
+    as basicsr's EMA makes, would go unnoticed by any version counter). Outside a block every call computes afresh.
+    Nested blocks keep the outer one's entries.
+    """
+    dcms = dcm_modules(net)
+    saved = [d._kernel_cache for d in dcms]
+    for d, old in zip(dcms, saved):
+        d._kernel_cache = {} if old is None else old
+    try:
+        yield
+    finally:
+        for d, old in zip(dcms, saved):
+            d._kernel_cache = old
 
 
 def set_dcm_temperature(net, value):
