@@ -1,30 +1,18 @@
-"""Prompts that carry information: EDSR+ with the right, the swapped and a zero caption against EDSR.
+"""Prompts that carry information: EDSR+ with the right, the swapped and a zero caption against EDSR, and ablations.
 
-Each LR image is made with one of K known degradations (by default a Gaussian blur of sigma 0.4 or 2.0 before
-MATLAB bicubic x2; ``--degradations blur-noise`` adds an LR noise axis), and its caption names the degradation
-("a sharp photo" / "a blurry photo"). The caption therefore carries information that the LR image hides, so a
-network that reads its prompt can do better than one that does not -- and worse when it is told the wrong thing.
-CLIP runs with RANDOM weights (``pretrained=None``; no weights can be downloaded here): distinct captions still
-give distinct embeddings, which is all this experiment needs. The captions name the degradation, not the content.
-
-Pipeline (the project's real pieces):
-1. Training pairs: BSD68 + SunHays80 cut into ``--crop`` HR sub-images ``<key>_s001``...; each sub-image gets
-   its own degradation (balanced, seeded: ``pdnsr.data.captioned_degradations``) and LR by
-   ``pdnsr.data.degradations.blur_downsample``. Test pairs: every Set5 / Set14 image under every degradation.
-2. Captions -> ``PromptEncoder`` -> ``build_prompt_store(kind='text')``: one store for training, and for each
-   test folder a store of the right captions and one of the swapped captions.
-3. Training: ``python pdnsr/train.py -opt <generated yml>`` subprocesses (``--jobs`` at once, one thread each),
-   ``PDNModel``, option dicts from ``pdnsr.options``; the baseline and its "+" twin share one recipe and one seed
-   per run, so they see the same patches. The training set is read by ``PromptPairedImageDataset``.
-4. Evaluation through ``PromptPairedImageDataset`` (right / swapped stores) and ``pdnsr.inference.super_resolve``:
-   EDSR+ with the right caption, the swapped caption and a zero prompt, and EDSR; basicsr's PSNR / SSIM on Y with
-   ``crop_border = scale``; per degradation and overall; mean ± std over seeds and every seed's figures. The
-   learned router weights pi and attention masks are printed too (the diagnostics the issue asks for).
+The full preset of :mod:`pdnsr.experiments.prompt_information` (which says what the experiment is): training
+sub-images of BSD68 + SunHays80, each with one degradation named by its caption; every Set5 / Set14 image tested
+under every degradation. CLIP has RANDOM weights unless ``--clip-pretrained`` names real ones: distinct captions still
+give distinct embeddings, all this experiment needs. ``--variants`` adds "+" networks for the ablation of the DCM's
+two halves, ``router-only`` (``use_attention: false``) and ``attention-only`` (``use_dynamic: false``), each with
+every ``--routers`` entry.
 
     .venv/bin/python benchmarks/bench_prompt_information.py [--seeds 0 1 2] [--iters 1500] [--dcm-bank compact]
+    .venv/bin/python benchmarks/bench_prompt_information.py --variants full router-only attention-only \\
+        --routers scaled paper
 
-Trained checkpoints and prepared data are reused from ``--workdir`` when the recipe is identical (the run name
-holds a hash of its option dict), so ``--dcm-bank compact`` after a paper run only trains the "+" networks again.
+Data, runs and evaluations stay in ``--workdir`` and are reused when identical (a run is named after a hash of its
+whole option dict, an evaluation after the run and the test data).
 """
 
 import hashlib
@@ -32,395 +20,92 @@ import json
 import os
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 
-from common import REPO_ROOT, images_in, make_parser, print_header, print_table, setup, train_run
+from common import REPO_ROOT, images_in, make_parser, print_header, print_table, setup
 
 # isort: split
 import cv2
 import torch
-from basicsr.metrics import calculate_psnr, calculate_ssim
-from basicsr.utils import tensor2img
+import yaml
 
-from pdnsr import options as opts
+from pdnsr.archs.dcm_arch import ROUTERS
 from pdnsr.cli import add_clip_arguments
-from pdnsr.data.captioned_degradations import (
-    assign_degradations,
-    captions_of,
-    get_degradations,
-    swapped,
-    write_degraded_pair,
-)
+from pdnsr.data.captioned_degradations import get_degradations, swapped
+from pdnsr.experiments import prompt_information as pi
+from pdnsr.options import write_options
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'
-TRAIN_SETS = ('BSD68', 'SunHays80')
-TEST_SETS = ('Set5', 'Set14')
-DATA_SEED = 0  # the degradation of each image is part of the data: the same for every training seed
+TRAIN_SETS, TEST_SETS = ('BSD68', 'SunHays80'), ('Set5', 'Set14')
+VARIANTS = {'full': {}, 'router-only': {'use_attention': False}, 'attention-only': {'use_dynamic': False}}
+TARGETS = (1.0, 3.0)  # right − baseline, right − swapped (dB, all test images, every seed)
 
 
-def _edsr_args(args):
-    return dict(num_feat=args.num_feat, num_block=args.num_block)
-
-
-def _rrdbnet_args(args):
-    return dict(num_feat=args.num_feat, num_block=args.num_block, num_grow_ch=args.num_feat // 2)  # ESRGAN's 64 / 32
-
-
-# --network NAME -> (baseline type, "+" type, the types' own network_g arguments from the command line). One line
-# per pair: a new pair only needs its two registered type names and the arguments both take.
-NETWORK_PAIRS = {
-    'EDSR': ('EDSR', 'EDSRPlus', _edsr_args),
-    'RRDBNet': ('RRDBNet', 'RRDBNetPlus', _rrdbnet_args),
-}
-# basicsr's RRDBNet pixel-unshuffles by 2 at x2: odd LR sizes are reflection-padded and the output cropped, the way
-# RRDBNetPlus does it inside its forward.
-INPUT_MULTIPLE = {'RRDBNet': 2}
-
-# Evaluation conditions of the "+" network: which prompt it gets.
-PLUS_MODES = ('right', 'swapped', 'zero')
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# data
-
-
-def subimages(img, crop):
-    """Non-overlapping ``crop`` x ``crop`` tiles of ``img`` in row order (the whole image if it is smaller)."""
-    if img.shape[0] < crop or img.shape[1] < crop:
-        return [img]
-    return [
-        img[top : top + crop, left : left + crop]
-        for top in range(0, img.shape[0] - crop + 1, crop)
-        for left in range(0, img.shape[1] - crop + 1, crop)
-    ]
-
-
-def prepare_train(args, sources, out_dir, degradations):
-    """Training sub-image pairs with one degradation per sub-image key; returns (hr_dir, lr_dir, assignment)."""
-    hr_dir, lr_dir = os.path.join(out_dir, 'HR_sub'), os.path.join(out_dir, 'LR_sub')
-    done = os.path.join(out_dir, 'done.json')
-    tiles = {}
-    for prefix, folder in sources.items():
-        for path in images_in(folder)[: args.limit]:
-            name = f'{prefix}_{os.path.splitext(os.path.basename(path))[0]}'
-            for index, tile in enumerate(subimages(cv2.imread(path, cv2.IMREAD_COLOR), args.crop), 1):
-                tiles[f'{name}_s{index:03d}'] = tile
-    assignment = assign_degradations(tiles, degradations, seed=DATA_SEED)
-    if not os.path.exists(done):
-        os.makedirs(hr_dir, exist_ok=True)
-        os.makedirs(lr_dir, exist_ok=True)
-        for key, tile in tiles.items():
-            write_degraded_pair(tile, assignment[key], args.scale, key, hr_dir, lr_dir)
-        _write_json(done, {'keys': len(tiles)})
-    return hr_dir, lr_dir, assignment
-
-
-def prepare_test(args, folder, out_dir, degradation):
-    """Every image of ``folder`` under ``degradation``; returns (hr_dir, lr_dir, assignment)."""
-    hr_dir, lr_dir = os.path.join(out_dir, 'HR'), os.path.join(out_dir, 'LR')
-    paths = images_in(folder)[: args.limit]
-    assignment = {os.path.splitext(os.path.basename(p))[0]: degradation for p in paths}
-    if not os.path.exists(os.path.join(out_dir, 'done.json')):
-        os.makedirs(hr_dir, exist_ok=True)
-        os.makedirs(lr_dir, exist_ok=True)
-        for path, key in zip(paths, assignment):
-            write_degraded_pair(cv2.imread(path, cv2.IMREAD_COLOR), degradation, args.scale, key, hr_dir, lr_dir)
-        _write_json(os.path.join(out_dir, 'done.json'), {'keys': len(paths)})
-    return hr_dir, lr_dir, assignment
-
-
-def build_store(encoder, path, captions):
-    from pdnsr.prompts.build import build_prompt_store
-
-    if not os.path.exists(path):
-        build_prompt_store('text', path, encoder, captions=captions, progress=False)
-    return path
-
-
-def _write_json(path, data):
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# training
-def temperature_every(args, n_train):
-    """Epochs per temperature step: the paper's 11 steps (34 -> 1 by 3) squeezed into the first 2/3 of the run."""
-    if args.temperature_every is not None:
-        return args.temperature_every
-    epochs = args.iters / max(1, n_train // args.batch)
-    return max(1, int(epochs * 2 / 3 / 11))
-
-
-def run_options(args, net_type, seed, data):
-    """The option dict of one training run; its name carries a hash of the recipe (for reuse in --workdir)."""
-    baseline, plus, net_args = NETWORK_PAIRS[args.network]
-    prompted = net_type == plus
-    dcm = {'bank': args.dcm_bank, **args.dcm} if prompted else None
-    network_g = opts.network(net_type, args.scale, prompt_dim=data['prompt_dim'], dcm=dcm, **net_args(args))
-    train_set = opts.train_dataset(
-        'train', data['hr'], data['lr'], args.gt_size, args.batch, prompts=data['prompts'], prompted=prompted
-    )
-    opt = opts.train_options(
-        'run',
-        network_g,
-        train_set,
-        args.scale,
-        args.iters,
-        args.lr,
-        seed=seed,
-        warmup_iter=args.warmup,
-        betas=(0.9, 0.99),
-        eta_min=1e-7,
-        temperature=dict(init=34, step=3, every_epochs=data['temperature_every'], min=1),
-        print_freq=max(1, args.iters // 5),
-    )
-    digest = hashlib.sha1(json.dumps(opt, sort_keys=True).encode()).hexdigest()[:8]
-    opt['name'] = f'info_{net_type}_seed{seed}_{digest}'
-    return opt
-
-
-def train(args, opt, workdir):
-    """Train one run with ``pdnsr/train.py`` (skipped when its final checkpoint exists); returns (weights, seconds)."""
-    t0 = time.time()
-    # basicsr keeps an already existing experiment folder by renaming it; a finished run has exactly this file.
-    return train_run(opt, workdir, threads=1, reuse=True), time.time() - t0
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# evaluation
-def load_net(net_opt, weights):
-    from basicsr.archs import build_network
-
-    from pdnsr.inference import load_weights
-
-    net = build_network(dict(net_opt))
-    load_weights(net, weights)
-    return net.eval()
-
-
-def test_loader(hr, lr, store, scale):
-    """PromptPairedImageDataset over one test folder (validation form: the first stored prompt of each image)."""
-    from pdnsr.data.prompt_paired_image_dataset import PromptPairedImageDataset
-
-    return PromptPairedImageDataset(dict(opts.dataset('test', hr, lr, store, prompted=True), phase='val', scale=scale))
-
-
-def evaluate(args, net_opt, weights, tests, prompted):
-    """Per-image scores and diagnostics of one trained network.
-
-    Returns:
-        dict: ``scores[set][degradation][mode] = [(psnr, ssim), ...]`` per image, with modes PLUS_MODES for the
-        "+" network and ('baseline',) otherwise; ``diag`` (prompted only): per degradation and DCM the router
-        weights pi under the right caption, and per mode the mean mask, its saturated share and the mean
-        |mask(right) - mask(swapped)|.
-    """
-    from pdnsr.archs.dcm_arch import dcm_modules
-    from pdnsr.inference import super_resolve
-
-    net = load_net(net_opt, weights)
-    dcms = dcm_modules(net)
-    scores, diag = {}, {}
-    for (set_name, deg_name), test in tests.items():
-        right = test_loader(test['hr'], test['lr'], test['right'], args.scale)
-        wrong = test_loader(test['hr'], test['lr'], test['swapped'], args.scale)
-        cell = scores.setdefault(set_name, {}).setdefault(deg_name, {})
-        sums = diag.setdefault(deg_name, {'mask': {}, 'sat': {}, 'diff': [], 'pi': None, 'n': 0})
-        for i in range(len(right)):
-            item, item_wrong = right[i], wrong[i]
-            lq = item['lq'][None]
-            h, w = lq.shape[-2:]
-            multiple = INPUT_MULTIPLE.get(net_opt['type'], 1)
-            lq = torch.nn.functional.pad(lq, (0, -w % multiple, 0, -h % multiple), mode='reflect')
-            gt = tensor2img(item['gt'])
-            modes = {'baseline': None}
-            if prompted:
-                modes = {'right': item['prompt'][None], 'swapped': item_wrong['prompt'][None], 'zero': None}
-            masks = {}
-            for mode, prompt in modes.items():
-                if prompted:
-                    sr, masks[mode] = super_resolve(net, lq, prompt, keep_attention=True, scale=args.scale)
-                else:
-                    sr = super_resolve(net, lq, scale=args.scale)
-                out = tensor2img(sr[..., : h * args.scale, : w * args.scale])
-                cell.setdefault(mode, []).append(
-                    (
-                        calculate_psnr(out, gt, crop_border=args.scale, test_y_channel=True),
-                        calculate_ssim(out, gt, crop_border=args.scale, test_y_channel=True),
-                    )
-                )
-            if prompted:
-                sums['n'] += 1
-                if sums['pi'] is None:
-                    with torch.no_grad():
-                        sums['pi'] = [dcm.kernel_weights(item['prompt'][None])[0].tolist() for dcm in dcms]
-                for mode, per_dcm in masks.items():
-                    if not per_dcm:
-                        continue
-                    m = torch.stack([per_dcm[j].mean() for j in sorted(per_dcm)])
-                    s = torch.stack(
-                        [((per_dcm[j] < 0.02) | (per_dcm[j] > 0.98)).float().mean() for j in sorted(per_dcm)]
-                    )
-                    sums['mask'][mode] = sums['mask'].get(mode, 0) + m
-                    sums['sat'][mode] = sums['sat'].get(mode, 0) + s
-                if masks and masks['right']:
-                    d = torch.stack(
-                        [(masks['right'][j] - masks['swapped'][j]).abs().mean() for j in sorted(masks['right'])]
-                    )
-                    sums['diff'].append(d)
-    if not prompted:
-        return {'scores': scores}
-    out_diag = {}
-    for deg_name, sums in diag.items():
-        n = max(1, sums['n'])
-        out_diag[deg_name] = dict(
-            pi=sums['pi'],
-            mask={mode: (v / n).tolist() for mode, v in sums['mask'].items()},
-            saturated={mode: (v / n).tolist() for mode, v in sums['sat'].items()},
-            right_vs_swapped=torch.stack(sums['diff']).mean(0).tolist() if sums['diff'] else [],
-        )
-    temps = sorted({float(dcm.temperature) for dcm in dcms})
-    zetas = [float(dcm.zeta.detach()) for dcm in dcms if hasattr(dcm, 'zeta')]
-    return {'scores': scores, 'diag': out_diag, 'temperature': temps, 'zeta': zetas}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# tables
-def mean_std(values, digits):
-    if len(values) == 1:
-        return f'{values[0]:.{digits}f}'
-    return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
-
-
-def seed_means(results, args, set_name, degs, key, metric):
-    """Per seed: mean over images (of the degradations ``degs``) of ``metric`` (0 PSNR, 1 SSIM) in condition key."""
-    net, mode = key
-    out = []
-    for seed in args.seeds:
-        cells = results[net, seed]['scores'][set_name]
-        values = [v[metric] for d in degs for v in cells[d][mode]]
-        out.append(statistics.mean(values))
-    return out
-
-
-def summary_rows(results, args, degradations, baseline, plus, metric, digits):
-    rows, verdicts = [], []
-    keys = [(baseline, 'baseline')] + [(plus, m) for m in PLUS_MODES]
-    for set_name in args.sets:
-        groups = [(d.name, [d.name]) for d in degradations] + [('all', [d.name for d in degradations])]
-        for label, degs in groups:
-            per = {k: seed_means(results, args, set_name, degs, k, metric) for k in keys}
-            right = per[plus, 'right']
-            d_base = [r - b for r, b in zip(right, per[baseline, 'baseline'])]
-            d_swap = [r - s for r, s in zip(right, per[plus, 'swapped'])]
-            rows.append(
-                [set_name, label]
-                + [mean_std(per[k], digits) for k in keys]
-                + [
-                    mean_std(d_base, digits),
-                    f'{sum(d > 0 for d in d_base)}/{len(d_base)}',
-                    mean_std(d_swap, digits),
-                    f'{sum(d > 0 for d in d_swap)}/{len(d_swap)}',
-                ]
-            )
-            if label == 'all' and metric == 0:
-                verdicts.append((set_name, d_base, d_swap))
-    return rows, verdicts
-
-
-def verdict_line(set_name, d_base, d_swap, quick):
-    if quick:
-        return f'{set_name}: n/a (--quick is a smoke run)'
-
-    def one(diffs, target):
-        mean = statistics.mean(diffs)
-        same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
-        ok = mean >= target and all(d > 0 for d in diffs)
-        return f'{mean:+.2f} dB (target ≥ +{target:g}, every seed same sign: {"yes" if same_sign else "no"}) ' + (
-            'met' if ok else 'MISSED'
-        )
-
-    return f'{set_name}: right − EDSR {one(d_base, 1.0)}; right − swapped {one(d_swap, 3.0)}'
-
-
-def caption_similarity(encoder, degradations):
-    emb = encoder.encode_text([d.caption for d in degradations])
-    return emb @ emb.T
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 def parse_args():
     parser = make_parser(__doc__.splitlines()[0])
-    parser.add_argument('--network', choices=sorted(NETWORK_PAIRS), default='EDSR', help='baseline / "+" pair')
-    parser.add_argument(
-        '--dcm-bank',
-        choices=('paper', 'compact'),
-        default='paper',
-        help="network_g.dcm.bank of the '+' network (default paper)",
-    )
+    parser.add_argument('--network', choices=sorted(pi.NETWORK_PAIRS), default='EDSR', help='baseline / "+" pair')
+    parser.add_argument('--dcm-bank', choices=('paper', 'compact'), default='paper', help='network_g.dcm.bank')
+    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=['full'], help='"+" networks')
+    parser.add_argument('--routers', nargs='+', choices=ROUTERS, default=[pi.DEFAULT_ROUTER], help='dcm.router')
     parser.add_argument('--dcm', nargs='*', default=[], metavar='KEY=VALUE', help='more network_g.dcm options')
     parser.add_argument('--degradations', default='blur', help='degradation set: blur (K=2) or blur-noise (K=4)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--iters', type=int, default=1500)
-    parser.add_argument('--scale', type=int, default=2, choices=(2,))
-    parser.add_argument('--num-block', type=int, default=4)
-    parser.add_argument('--num-feat', type=int, default=32)
-    parser.add_argument('--batch', type=int, default=16)
-    parser.add_argument('--gt-size', type=int, default=48, help='HR training patch size (default 48)')
-    parser.add_argument('--lr', type=float, default=2e-4, help='Adam learning rate, cosine decay (default 2e-4)')
-    parser.add_argument('--warmup', type=int, default=-1, help='linear warm-up iterations (default -1: none)')
-    parser.add_argument(
-        '--temperature-every',
-        type=int,
-        default=None,
-        help='epochs per DCM temperature step (34 -> 1 by 3); default: the 11 steps fit the first 2/3 of the run',
-    )
-    parser.add_argument('--crop', type=int, default=192, help='HR training sub-image size (default 192)')
-    parser.add_argument('--jobs', type=int, default=2, help='training runs at once, one thread each (default 2)')
-    # RANDOM weights by default: the only option without a download, and enough for captions that name the blur.
+    recipe = pi.Recipe()
+    for name in ('iters', 'num_block', 'num_feat', 'batch', 'gt_size', 'lr', 'warmup', 'temperature_every', 'tile'):
+        kind = float if name == 'lr' else int
+        parser.add_argument(f'--{name.replace("_", "-")}', type=kind, default=getattr(recipe, name))
+    parser.add_argument('--jobs', type=int, default=2, help='runs at once, one thread each (default 2)')
     add_clip_arguments(parser, pretrained='none')
     parser.add_argument('--train-data', default=str(SHARED / 'train'))
     parser.add_argument('--bench-data', default=str(SHARED / 'benchmarks'))
-    parser.add_argument(
-        '--workdir', default=None, help='data, stores, runs (default a new folder under /tmp); reused when it exists'
-    )
+    parser.add_argument('--workdir', default=None, help='data, stores, runs (default a new folder under /tmp)')
     args = parser.parse_args()
-    import yaml
-
-    args.dcm = {k: yaml.safe_load(v) for k, v in (item.split('=', 1) for item in args.dcm)}
     args.limit = None
-    args.sets = list(TEST_SETS)
     if args.quick:
         args.iters, args.seeds, args.num_block, args.num_feat, args.batch, args.gt_size = 4, [0], 1, 8, 2, 32
-        args.limit, args.crop = 2, 96
-    if args.iters < 1 or args.batch < 1 or args.jobs < 1:
-        parser.error('--iters, --batch and --jobs must be positive')
+        args.limit, args.tile = 2, 96
+    args.dcm = {k: yaml.safe_load(v) for k, v in (item.split('=', 1) for item in args.dcm)}
     return args
+
+
+def plus_recipes(args, base):
+    """{label: Recipe} of the "+" networks: each variant with each router (a variant without router once)."""
+    out = {}
+    for variant in args.variants:
+        dynamic = VARIANTS[variant].get('use_dynamic', True)
+        for router in args.routers if dynamic else [None]:
+            dcm = {'bank': args.dcm_bank, **VARIANTS[variant], **({'router': router} if router else {}), **args.dcm}
+            label = variant + (f' ({router} router)' if router and len(args.routers) > 1 else '')
+            out[label] = replace(base, dcm=dcm)
+    return out
+
+
+def _evaluate(job):
+    torch.set_num_threads(1)
+    result = pi.evaluate(*job)
+    del result['images'], result['hr']
+    return result
 
 
 def main():
     t_start = time.time()
     args = parse_args()
-    from pdnsr.archs.plus_util import DCM_OPTIONS
-
-    if 'bank' not in DCM_OPTIONS:
-        raise SystemExit('--dcm-bank: this checkout has no DCM option "bank" (pdnsr.archs.plus_util.DCM_OPTIONS)')
-    degradations = get_degradations(args.degradations)
-    device = setup(args)
-    if device.type != 'cpu':
+    if setup(args).type != 'cpu':
         raise SystemExit('bench_prompt_information.py trains on the CPU through pdnsr/train.py; use --device cpu')
-    baseline, plus, _ = NETWORK_PAIRS[args.network]
+    names = ('network', 'iters', 'num_block', 'num_feat', 'batch', 'gt_size', 'lr', 'warmup', 'temperature_every')
+    base = pi.Recipe(tile=args.tile, degradations=args.degradations, **{n: getattr(args, n) for n in names})
+    recipes = plus_recipes(args, base)
+    baseline, plus = pi.NETWORK_PAIRS[args.network][:2]
     print_header(
-        device,
-        f'Prompts that carry information: {baseline} vs {plus} (dcm bank {args.dcm_bank}), x{args.scale}, '
-        f'{args.num_block} blocks, {args.num_feat} feat, {args.iters} iterations, batch {args.batch}, '
-        f'{len(degradations)} degradations, seeds {args.seeds}',
+        args.device,
+        f'Prompts that carry information: {baseline} vs {plus} ({", ".join(recipes)}; dcm bank {args.dcm_bank}), '
+        f'x{base.scale}, {base.num_block} blocks, {base.num_feat} feat, {base.iters} iterations, batch {base.batch}, '
+        f'seeds {args.seeds}',
     )
-    train_sets = {name: os.path.join(args.train_data, name) for name in TRAIN_SETS}
-    test_sets = {name: os.path.join(args.bench_data, name) for name in args.sets}
-    missing = [p for p in (*train_sets.values(), *test_sets.values()) if not os.path.isdir(p)]
+    sources = {n: os.path.join(args.train_data, n) for n in TRAIN_SETS}
+    sets = {n: os.path.join(args.bench_data, n) for n in TEST_SETS}
+    missing = [p for p in (*sources.values(), *sets.values()) if not os.path.isdir(p)]
     if missing:
         print(f'SKIPPED: data not found: {missing} (--train-data / --bench-data)')
         return
@@ -428,155 +113,172 @@ def main():
     from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 
     random_clip = args.clip_pretrained in RANDOM_TAGS
-    encoder = PromptEncoder(args.clip_model, pretrained=None if random_clip else args.clip_pretrained, seed=0)
-    clip_tag = 'random' if random_clip else os.path.basename(args.clip_pretrained)
+    encoder = PromptEncoder(args.clip_model, None if random_clip else args.clip_pretrained, seed=0)
+    degradations = get_degradations(args.degradations)
+    emb = encoder.encode_text([d.caption for d in degradations])
     print(
         f'Prompts: captions naming the degradation, encoded by open_clip {args.clip_model} with '
-        + (
-            'RANDOM weights (pretrained=None: no weights can be downloaded here). Distinct captions still give '
-            'distinct embeddings; the captions carry the degradation, not the content.'
-            if random_clip
-            else f'weights {args.clip_pretrained!r}.'
-        )
+        + ('RANDOM weights: distinct captions still give distinct embeddings.' if random_clip else 'weights ')
+        + ('' if random_clip else f'{args.clip_pretrained!r}.')
     )
-    sim = caption_similarity(encoder, degradations)
     for i, d in enumerate(degradations):
-        cos = ', '.join(f'{sim[i, j]:.3f}' for j in range(len(degradations)))
-        print(f'  {d.name}: {d.describe()}; caption "{d.caption}"; wrong caption "{swapped(degradations, d).caption}"')
-        print(f'    cosine with each caption: {cos}')
+        cos = ', '.join(f'{float(emb[i] @ emb[j]):.3f}' for j in range(len(degradations)))
+        print(
+            f'  {d.name}: {d.describe()}; caption "{d.caption}" (wrong: "{swapped(degradations, d).caption}"); '
+            f'cosine with each caption {cos}'
+        )
 
     workdir = os.path.abspath(args.workdir or os.path.join('/tmp', f'pdnsr_prompt_info_{os.getpid()}'))
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
-    tag = f'{args.degradations}_x{args.scale}_c{args.crop}' + ('_quick' if args.quick else '')
-    train_dir = os.path.join(workdir, f'train_{tag}')
-    hr, lr, assignment = prepare_train(args, train_sets, train_dir, degradations)
-    data = dict(
-        hr=hr,
-        lr=lr,
-        prompt_dim=encoder.embed_dim,
-        prompts=build_store(encoder, os.path.join(train_dir, f'prompts_{clip_tag}.lmdb'), captions_of(assignment)),
-    )
-    data['temperature_every'] = temperature_every(args, len(assignment))
-    tests = {}
-    for set_name, folder in test_sets.items():
-        for deg in degradations:
-            tdir = os.path.join(workdir, f'{set_name}_{deg.name}_{tag}')
-            thr, tlr, tassign = prepare_test(args, folder, tdir, deg)
-            tests[set_name, deg.name] = dict(
-                hr=thr,
-                lr=tlr,
-                right=build_store(encoder, os.path.join(tdir, f'right_{clip_tag}.lmdb'), captions_of(tassign)),
-                swapped=build_store(
-                    encoder, os.path.join(tdir, f'swapped_{clip_tag}.lmdb'), captions_of(tassign, degradations)
-                ),
-            )
+
+    def read(folder):
+        return {os.path.splitext(os.path.basename(p))[0]: cv2.imread(p) for p in images_in(folder)[: args.limit]}
+
+    train_images = {f'{prefix}_{k}': v for prefix, folder in sources.items() for k, v in read(folder).items()}
+    tag = f'{args.degradations}_x{base.scale}_c{base.tile}' + ('_quick' if args.quick else '')
+    clip_tag = 'random' if random_clip else os.path.basename(args.clip_pretrained)
+    data_dir = os.path.join(workdir, f'data_{tag}')
+    data = pi.prepare(base, train_images, {n: read(f) for n, f in sets.items()}, data_dir, encoder, clip_tag)
+    prompt_dim, n_train = encoder.embed_dim, len(data['train']['assignment'])
     del encoder
-    counts = {d.name: sum(v is d for v in assignment.values()) for d in degradations}
     print(
-        f'\ndata: {len(assignment)} training sub-images of {args.crop} px from {"+".join(TRAIN_SETS)} '
-        f'({", ".join(f"{k} {v}" for k, v in counts.items())}); test: every image of {", ".join(args.sets)} under '
-        f'every degradation; temperature 34 -> 1, -3 every {data["temperature_every"]} epoch(s) '
-        f'({max(1, len(assignment) // args.batch)} iterations each); prepared in {time.time() - t0:.0f} s; '
-        f'workdir {workdir}\n',
+        f'\ndata: {n_train} training sub-images of {base.tile} px from {"+".join(TRAIN_SETS)}; test: every image of '
+        f'{", ".join(sets)} under every degradation; temperature 34 -> 1, -3 every '
+        f'{pi.temperature_every(base, n_train)} epoch(s) of {max(1, n_train // base.batch)} iterations; prepared in '
+        f'{time.time() - t0:.0f} s; workdir {workdir}\n',
         flush=True,
     )
 
-    runs = [(net_type, seed) for net_type in (plus, baseline) for seed in args.seeds]  # longest first
-    run_opts = {run: run_options(args, run[0], run[1], data) for run in runs}
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {run: pool.submit(train, args, run_opts[run], workdir) for run in runs}
-        trained = {}
-        for run in runs:
-            weights, seconds = futures[run].result()
-            trained[run] = weights
-            print(
-                f'  {run[0]} seed {run[1]}: ' + (f'trained in {seconds:.0f} s' if seconds else 'reused from workdir'),
-                flush=True,
-            )
-    results = {}
+    recipe_of = {'baseline': ('baseline', base), **{label: ('plus', r) for label, r in recipes.items()}}
+    runs = [(label, seed) for label in [*recipes, 'baseline'] for seed in args.seeds]  # longest first
+    opts = {
+        run: pi.run_options(recipe_of[run[0]][1], recipe_of[run[0]][0], run[1], data['train'], prompt_dim)
+        for run in runs
+    }
+
+    def done(name, seconds):
+        print(f'  {name}: ' + (f'trained in {seconds:.0f} s' if seconds else 'reused from the workdir'), flush=True)
+
+    weights = pi.train(opts, workdir, args.jobs, reuse=True, on_done=done)
+    test_hash = hashlib.sha1(json.dumps(sorted(data['tests'].items())).encode()).hexdigest()[:8]
+    results, todo = {}, {}
     for run in runs:
-        t1 = time.time()
-        # Evaluations are kept beside the runs: a later call (e.g. --dcm-bank compact) reuses the baseline's.
-        cache = os.path.join(workdir, f'eval_{run_opts[run]["name"]}_{tag}.json')
+        cache = os.path.join(workdir, f'eval_{opts[run]["name"]}_{test_hash}.json')
         if os.path.exists(cache):
             with open(cache, encoding='utf-8') as f:
                 results[run] = json.load(f)
-            print(f'  {run[0]} seed {run[1]}: evaluation reused from workdir', flush=True)
-            continue
-        results[run] = evaluate(args, run_opts[run]['network_g'], trained[run], tests, run[0] == plus)
-        _write_json(cache, results[run])
-        print(f'  evaluated {run[0]} seed {run[1]} in {time.time() - t1:.0f} s', flush=True)
-    _write_json(
-        os.path.join(workdir, f'results_{args.network}_{args.dcm_bank}_{tag}_it{args.iters}.json'),
-        {f'{net}|{seed}': value for (net, seed), value in results.items()},
-    )
-    print()
+        else:
+            path = write_options(opts[run], os.path.join(workdir, f'{opts[run]["name"]}_eval.yml'))
+            todo[run] = (cache, (path, weights[run], data['tests'], base.scale, run[0] != 'baseline'))
+    t1 = time.time()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for run, result in zip(todo, pool.map(_evaluate, [job for _, job in todo.values()])):
+            results[run] = result
+            with open(todo[run][0], 'w', encoding='utf-8') as f:
+                json.dump(result, f)
+    print(f'  evaluated {len(todo)} runs in {time.time() - t1:.0f} s ({len(runs) - len(todo)} reused)\n', flush=True)
+    print_tables(args, results, recipes, [d.name for d in degradations], baseline)
+    print(f'total time {time.time() - t_start:.0f} s.')
 
-    labels = [baseline, f'{plus} right', f'{plus} swapped', f'{plus} zero prompt']
-    diff_headers = ['right − baseline', 'seeds > 0', 'right − swapped', 'seeds > 0']
+
+def print_tables(args, results, recipes, degs, baseline):
+    base_key = ('baseline', 'baseline')
     print(
-        f'PSNR (dB) on Y, crop_border {args.scale}, final weights (no EMA); mean ± std over seeds {args.seeds}; '
-        f'per degradation ({", ".join(d.name for d in degradations)}) and all ("all" = every test image under '
-        'every degradation)\n'
+        f'PSNR (dB) / SSIM on Y, crop 2, final weights; mean ± std over seeds {args.seeds}; per degradation and all\n'
     )
-    rows, verdicts = summary_rows(results, args, degradations, baseline, plus, 0, 2)
-    print_table(['set', 'degradation', *labels, *diff_headers], rows)
-    print('SSIM (Y), same layout\n')
-    rows, _ = summary_rows(results, args, degradations, baseline, plus, 1, 4)
-    print_table(['set', 'degradation', *labels, *diff_headers], rows)
+    for label in recipes:
+        keys = [base_key] + [(label, m) for m in pi.PLUS_MODES]
+        rows = []
+        for set_name in TEST_SETS:
+            for group, ds in [*((d, [d]) for d in degs), ('all', degs)]:
+                psnr = {k: pi.seed_means(results, k, set_name, ds) for k in keys}
+                ssim = {k: pi.seed_means(results, k, set_name, ds, metric=1) for k in keys}
+                cells = [f'{pi.mean_std(psnr[k], 2)} / {pi.mean_std(ssim[k], 4)}' for k in keys]
+                for other in (keys[0], keys[2]):
+                    diff = [a - b for a, b in zip(psnr[keys[1]], psnr[other])]
+                    cells.append(f'{pi.mean_std(diff, 2)} ({sum(d > 0 for d in diff)}/{len(diff)})')
+                rows.append([set_name, group, *cells])
+        heads = [baseline, *(f'{label}: {m}' for m in pi.PLUS_MODES), 'right − baseline (seeds > 0)', 'right − swapped']
+        print_table(['set', 'degradation', *heads], rows)
 
     print('Per seed, PSNR (dB) over all test images\n')
-    seed_rows = []
-    for set_name in args.sets:
-        degs = [d.name for d in degradations]
-        for i, seed in enumerate(args.seeds):
-            vals = [
-                seed_means(results, args, set_name, degs, k, 0)[i]
-                for k in [(baseline, 'baseline')] + [(plus, m) for m in PLUS_MODES]
-            ]
-            seed_rows.append(
-                [set_name, seed, *(f'{v:.2f}' for v in vals), f'{vals[1] - vals[0]:+.2f}', f'{vals[1] - vals[2]:+.2f}']
-            )
-    print_table(['set', 'seed', *labels, 'right − baseline', 'right − swapped'], seed_rows)
-
-    print('Diagnostics of the trained "+" networks (seed by seed): router weights pi under each right caption, per DCM')
-    print('(first to last); mean attention mask per prompt and its share saturated (< 0.02 or > 0.98)\n')
-    diag_rows = []
-    for seed in args.seeds:
-        res = results[plus, seed]
-        for deg in degradations:
-            dg = res['diag'][deg.name]
-            pis = ' / '.join('[' + ' '.join(f'{v:.2f}' for v in pi) + ']' for pi in dg['pi'])
-            masks = ', '.join(
-                f'{mode} {statistics.mean(dg["mask"][mode]):.3f} ({statistics.mean(dg["saturated"][mode]):.0%})'
-                for mode in PLUS_MODES
-                if mode in dg['mask']
-            )
-            diff = statistics.mean(dg['right_vs_swapped']) if dg['right_vs_swapped'] else float('nan')
-            diag_rows.append([seed, deg.name, pis, masks, f'{diff:.3f}'])
+    rows = []
+    for label in recipes:
+        for set_name in TEST_SETS:
+            cols = [pi.seed_means(results, k, set_name, degs) for k in [base_key] + [(label, m) for m in pi.PLUS_MODES]]
+            for seed, v in zip(args.seeds, zip(*cols)):
+                rows.append(
+                    [label, set_name, seed, *(f'{x:.2f}' for x in v), f'{v[1] - v[0]:+.2f}', f'{v[1] - v[2]:+.2f}']
+                )
     print_table(
-        [
-            'seed',
-            'test degradation',
-            'pi per DCM (right caption)',
-            'mean mask (saturated)',
-            'mean abs(M right − M swapped)',
-        ],
-        diag_rows,
-    )
-    zetas = {seed: results[plus, seed]['zeta'] for seed in args.seeds}
-    temps = {seed: results[plus, seed]['temperature'] for seed in args.seeds}
-    print(
-        f'final temperature per seed: {temps}; zeta per DCM: '
-        + '; '.join(f'seed {s}: ' + ' '.join(f'{z:.1f}' for z in zs) for s, zs in zetas.items())
-        + '\n'
+        ['"+" network', 'set', 'seed', baseline, 'right', 'swapped', 'zero', 'right − base', 'right − swapped'], rows
     )
 
-    print('Targets (mean over seeds of the paired difference over all test images; every seed must be positive):')
-    for set_name, d_base, d_swap in verdicts:
-        print(f'  {verdict_line(set_name, d_base, d_swap, args.quick)}')
-    print(f'\ntotal time {time.time() - t_start:.0f} s.')
+    print(
+        'Diagnostics per seed: router weights pi per DCM (first to last) under the right caption of each degradation; '
+        'pi spread = max over DCMs of mean abs(pi(right) − pi(swapped)); mean attention mask per prompt (share '
+        'saturated); mean abs(M(right) − M(swapped)); final temperature and zeta per DCM\n'
+    )
+    rows = []
+    for label in recipes:
+        for seed in args.seeds:
+            res, routed = results[label, seed], 'pi' in results[label, seed]['diag'][degs[0]]
+            diag = res['diag']
+            pis = '; '.join(
+                f'{d}: ' + ' / '.join(' '.join(f'{v:.2f}' for v in p) for p in diag[d]['pi']['right']) for d in degs
+            )
+            masks = '; '.join(
+                f'{d}: '
+                + ', '.join(
+                    f'{m} {statistics.mean(v):.3f} ({statistics.mean(diag[d]["saturated"][m]):.0%})'
+                    for m, v in diag[d]['mask'].items()
+                )
+                for d in degs
+            )
+            diff = [x for d in degs for x in diag[d]['right_vs_swapped']]
+            rows.append(
+                [
+                    label,
+                    seed,
+                    pis if routed else 'no router',
+                    f'{pi.router_spread(diag):.3f}' if routed else '—',
+                    masks or 'no mask',
+                    f'{statistics.mean(diff):.3f}' if diff else '—',
+                    ' '.join(f'{t:g}' for t in res['temperature'])
+                    + ' / '
+                    + (' '.join(f'{z:.1f}' for z in res['zeta']) or '—'),
+                ]
+            )
+    print_table(
+        ['"+" network', 'seed', 'pi (right caption)', 'pi spread', 'mean mask', 'mean abs(ΔM)', 'T / zeta'], rows
+    )
+
+    print(
+        f'Summary: mean over seeds of the paired differences over all test images (targets ≥ +{TARGETS[0]:g} / '
+        f'≥ +{TARGETS[1]:g} dB, every seed)\n'
+    )
+    rows = []
+    for label in recipes:
+        row, met = [label], True
+        for set_name in TEST_SETS:
+            right = pi.seed_means(results, (label, 'right'), set_name, degs)
+            for other, target in ((base_key, TARGETS[0]), ((label, 'swapped'), TARGETS[1])):
+                diff = [a - b for a, b in zip(right, pi.seed_means(results, other, set_name, degs))]
+                row.append(f'{pi.mean_std(diff, 2)} ({sum(d > 0 for d in diff)}/{len(diff)})')
+                met &= statistics.mean(diff) >= target and all(d > 0 for d in diff)
+        spread = [
+            pi.router_spread(results[label, s]['diag'])
+            for s in args.seeds
+            if 'pi' in results[label, s]['diag'][degs[0]]
+        ]
+        row += [
+            f'{min(spread):.2f}–{max(spread):.2f}' if spread else '—',
+            'n/a (--quick)' if args.quick else ('met' if met else 'MISSED'),
+        ]
+        rows.append(row)
+    heads = [f'{s} right − {w}' for s in TEST_SETS for w in (baseline, 'swapped')]
+    print_table(['"+" network', *heads, 'pi spread (min–max)', 'targets'], rows)
 
 
 if __name__ == '__main__':

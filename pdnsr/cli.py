@@ -58,25 +58,42 @@ def run_pipeline(kind):
     return run_main(body, f'pdnsr-{kind}')
 
 
-def add_clip_arguments(parser, pretrained='openai'):
+def add_clip_arguments(parser, pretrained='openai', for_model=False):
     """``--clip-model`` and ``--clip-pretrained`` (default ``pretrained``), spelled alike by every command that
-    encodes prompts; ``parser`` may be an argument group."""
-    parser.add_argument('--clip-model', default='ViT-B-32', help='open_clip architecture (default ViT-B-32)')
+    encodes prompts; ``parser`` may be an argument group.
+
+    ``for_model``: the command encodes prompts for a trained model: both default to the encoder its checkpoint
+    records (:func:`pdnsr.inference.prompt_encoder_for`), and ``--force-encoder`` lets another one through.
+    """
+    default = 'the encoder the checkpoint records' if for_model else None
+    parser.add_argument(
+        '--clip-model',
+        default=None if for_model else 'ViT-B-32',
+        help=f'open_clip architecture (default {default or "ViT-B-32"})',
+    )
     parser.add_argument(
         '--clip-pretrained',
-        default=pretrained,
+        default=None if for_model else pretrained,
         help=f"open_clip pretrained tag, a local checkpoint file, or 'none' for random weights (tests only); "
-        f'default {pretrained}',
+        f'default {default or pretrained}',
     )
+    if for_model:
+        parser.add_argument(
+            '--force-encoder',
+            action='store_true',
+            help='use --clip-model / --clip-pretrained even when the checkpoint records another encoder (warns)',
+        )
 
 
-def add_view_argument(parser, flag='--view', what='the image'):
-    """``flag``: the image view CLIP encodes (:data:`pdnsr.prompts.encoder.VIEWS`; ``flip`` is the paper's default)."""
+def add_view_argument(parser, flag='--view', what='the image', default='flip'):
+    """``flag``: the image view CLIP encodes (:data:`pdnsr.prompts.encoder.VIEWS`; ``flip`` is the paper's default);
+    ``default`` None: the view the model's checkpoint records, else flip."""
     from pdnsr.prompts.encoder import VIEWS
 
     parser.add_argument(
         flag,
         choices=VIEWS,
-        default=VIEWS[0],
-        help=f'view of {what} that CLIP encodes: flip (horizontally flipped, the default, as in training) or identity',
+        default=default,
+        help=f'view of {what} that CLIP encodes: flip (horizontally flipped, as in training) or identity; default '
+        + ('the view of the training prompts the checkpoint records, else flip' if default is None else default),
     )

@@ -18,11 +18,12 @@ from tqdm import tqdm
 from pdnsr.archs.dcm_arch import dcm_modules, select_dcms, takes_prompt
 from pdnsr.cli import add_clip_arguments, add_view_argument, run_main
 from pdnsr.data.image_files import IMAGE_SUFFIXES, image_key, read_rgb, scan_images, write_image
+from pdnsr.errors import USER_ERRORS, one_line
 from pdnsr.inference import (
     check_tile_options,
     image_to_tensor,
     load_network,
-    make_prompt_encoder,
+    prompt_encoder_for,
     super_resolve,
     tensor_to_bgr,
 )
@@ -60,8 +61,8 @@ def build_parser(prog='pdnsr-infer'):
         'without extension); images without a caption are reported and skipped',
     )
     parser.add_argument('--captions-subset', help='set name when the caption file holds several sets')
-    add_view_argument(parser, '--prompt-view', 'the --prompt-image')
-    add_clip_arguments(parser)
+    add_view_argument(parser, '--prompt-view', 'the --prompt-image', default=None)
+    add_clip_arguments(parser, for_model=True)
     add_tile_arguments(parser)
     parser.add_argument('--fp16', action='store_true', help='half-precision autocast (CUDA only)')
     parser.add_argument('--suffix', default='pdnsr', help='output name <key>_<suffix>.png (default pdnsr)')
@@ -124,30 +125,33 @@ def _check_cli_options(args, device, net):
     return sorted(select_dcms(net, args.attention_dcms, '--attention-dcms'))
 
 
-def _prompt_source(args, net, device, keys):
+def _prompt_source(args, net, device, keys, record):
     """``(prompt_of, missing)``: ``prompt_of(key, rgb)`` gives the (1, d) embedding for one input (None = no prompt),
     and ``missing`` lists the keys skipped for want of a caption."""
     prompt_given = args.prompt is not None or args.prompt_image is not None or args.captions is not None
     if not takes_prompt(net):
         if prompt_given:
-            print(f'warning: {type(net).__name__} is a baseline network; the prompt is ignored', file=sys.stderr)
+            _warn(f'{type(net).__name__} is a baseline network; the prompt is ignored')
         return (lambda key, rgb: None), []
     if not prompt_given:
-        print(f'warning: {NO_PROMPT_WARNING}', file=sys.stderr)
+        _warn(NO_PROMPT_WARNING)
         return (lambda key, rgb: None), []
 
     # Read the cheap inputs before loading CLIP, so that their errors come first.
     captions = load_captions(args.captions, subset=args.captions_subset) if args.captions else None
     own_image = args.prompt_image == SELF_PROMPT
     prompt_rgb = read_rgb(args.prompt_image) if args.prompt_image and not own_image else None
-    encoder = make_prompt_encoder(args.clip_model, args.clip_pretrained, device, net.prompt_dim)
+    encoder = prompt_encoder_for(
+        record, net.prompt_dim, args.clip_model, args.clip_pretrained, device, args.force_encoder, warn=_warn
+    )
+    view = args.prompt_view or ((record or {}).get('prompt_encoder') or {}).get('view') or 'flip'
     if args.prompt is not None:
         emb = encoder.encode_text([args.prompt])
         return (lambda key, rgb: emb), []
     if own_image:
-        return (lambda key, rgb: encoder.encode_images([rgb], view=args.prompt_view)), []
+        return (lambda key, rgb: encoder.encode_images([rgb], view=view)), []
     if prompt_rgb is not None:
-        emb = encoder.encode_images([prompt_rgb], view=args.prompt_view)
+        emb = encoder.encode_images([prompt_rgb], view=view)
         return (lambda key, rgb: emb), []
     found = [k for k in keys if captions.get(k)]
     missing = [k for k in keys if not captions.get(k)]
@@ -156,15 +160,38 @@ def _prompt_source(args, net, device, keys):
     return (lambda key, rgb: rows[key]), missing
 
 
+def _warn(message):
+    print(f'warning: {message}', file=sys.stderr)
+
+
+def _super_resolve_one(args, net, device, path, key, prompt_of, name, attention_dcms):
+    """Read, super-resolve and write one image (and its attention pictures); raises a user error naming nothing
+    (the caller names the file)."""
+    rgb = read_rgb(path)
+    lq = image_to_tensor(rgb, device)
+    prompt = prompt_of(key, rgb)
+    prompt = None if prompt is None else prompt.to(device)
+    with torch.autocast('cuda', dtype=torch.float16, enabled=args.fp16):
+        result = super_resolve(
+            net, lq, prompt, tile=args.tile, tile_pad=args.tile_pad, keep_attention=args.save_attention
+        )
+    sr, masks = result if args.save_attention else (result, None)
+    sr_bgr = tensor_to_bgr(sr)
+    pictures = {name.format(key): sr_bgr}
+    pictures.update({f'{key}_attention_dcm{i}.png': overlay_heatmap(sr_bgr, masks[i][0, 0]) for i in attention_dcms})
+    for file_name, picture in pictures.items():  # computed first, so a failure leaves none of this image's files
+        write_image(os.path.join(args.output, file_name), picture)
+
+
 def run(args):
     """The CLI's work once arguments are parsed; returns the exit status (0 ok, 1 some images failed).
 
     Raises the user errors of :data:`pdnsr.cli.USER_ERRORS` (bad options, weights, prompt) before any image is read.
     """
-    net, device = load_network(args.opt, args.weights, args.device)
+    net, device, record = load_network(args.opt, args.weights, args.device)
     attention_dcms = _check_cli_options(args, device, net)
     inputs = _collect_inputs(args.input)
-    prompt_of, missing = _prompt_source(args, net, device, list(inputs))
+    prompt_of, missing = _prompt_source(args, net, device, list(inputs), record)
     os.makedirs(args.output, exist_ok=True)
 
     failed = 0
@@ -174,26 +201,11 @@ def run(args):
     todo = [k for k in inputs if k not in missing]
     name = f'{{}}_{args.suffix}.png' if args.suffix else '{}.png'
     for key in tqdm(todo, desc='super-resolving', unit='image', file=sys.stderr, disable=None):
-        try:
-            rgb = read_rgb(inputs[key])
-        except ValueError as err:
-            tqdm.write(f'{inputs[key]}: {err}; skipped', file=sys.stderr)
+        try:  # one bad image is reported and skipped; the others are still written
+            _super_resolve_one(args, net, device, inputs[key], key, prompt_of, name, attention_dcms)
+        except USER_ERRORS as err:
+            tqdm.write(f'{inputs[key]}: {one_line(err)}; skipped', file=sys.stderr)
             failed += 1
-            continue
-        lq = image_to_tensor(rgb, device)
-        prompt = prompt_of(key, rgb)
-        prompt = None if prompt is None else prompt.to(device)
-        with torch.autocast('cuda', dtype=torch.float16, enabled=args.fp16):
-            result = super_resolve(
-                net, lq, prompt, tile=args.tile, tile_pad=args.tile_pad, keep_attention=args.save_attention
-            )
-        sr, masks = result if args.save_attention else (result, None)
-        sr_bgr = tensor_to_bgr(sr)
-        write_image(os.path.join(args.output, name.format(key)), sr_bgr)
-        for i in attention_dcms:
-            write_image(
-                os.path.join(args.output, f'{key}_attention_dcm{i}.png'), overlay_heatmap(sr_bgr, masks[i][0, 0])
-            )
     done = len(inputs) - failed
     print(
         f'{done} of {len(inputs)} images written to {args.output}' + (f'; {failed} failed' if failed else ''),

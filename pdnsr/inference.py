@@ -15,12 +15,16 @@ import numpy as np
 import torch
 import yaml
 from basicsr.archs import build_network
+from basicsr.utils import get_root_logger
 from basicsr.utils.options import ordered_yaml
 
-from pdnsr.archs.dcm_arch import dcm_modules, kernel_cache, takes_prompt
+from pdnsr import provenance
+from pdnsr.archs.dcm_arch import dcm_modules, kernel_cache, takes_prompt, type_takes_prompt
 from pdnsr.archs.dcm_arch import keep_attention as set_keep_attention
 from pdnsr.archs.network_options import check_network_options
+from pdnsr.checkpoints import dcm_layout_of, fit_state_dict, read_checkpoint, state_dict_of
 from pdnsr.data.image_files import read_rgb, write_image
+from pdnsr.errors import UserError
 from pdnsr.prompts.encoder import PromptEncoder
 
 __all__ = [
@@ -29,8 +33,8 @@ __all__ = [
     'image_to_tensor',
     'load_network',
     'load_weights',
-    'make_prompt_encoder',
-    'read_checkpoint',
+    'prompt_encoder_for',
+    'read_network_options',
     'read_rgb',
     'resolve_device',
     'super_resolve',
@@ -46,14 +50,8 @@ write_png = write_image
 # network and weights
 
 
-def build_network_from_options(opt_path):
-    """Build the network described by the ``network_g`` section of a basicsr option file (train or test YAML).
-
-    Args:
-        opt_path (str): YAML file with a ``network_g`` mapping (``type: RCANPlus`` and its arguments).
-
-    Returns:
-        torch.nn.Module: the network, on the CPU, with freshly initialised weights.
+def read_network_options(opt_path):
+    """The ``network_g`` section of a basicsr option file (train or test YAML), checked against the registry.
 
     Raises:
         FileNotFoundError: no such file.
@@ -75,54 +73,24 @@ def build_network_from_options(opt_path):
         )
     try:
         check_network_options(opt_net)
+    except ValueError as err:
+        raise ValueError(f'{opt_path}: {err}') from None
+    return dict(opt_net)
+
+
+def build_network_from_options(opt_path, opt_net=None):
+    """The network of the ``network_g`` section of ``opt_path`` (or of ``opt_net`` read from it), on the CPU, with
+    freshly initialised weights. Raises as :func:`read_network_options`, and ValueError when building fails."""
+    opt_net = opt_net or read_network_options(opt_path)
+    try:
         return build_network(dict(opt_net))  # basicsr deep-copies and pops 'type'; our dict stays as read
     except (TypeError, ValueError) as err:
         raise ValueError(f'{opt_path}: cannot build network_g: {err}') from err
 
 
-def read_checkpoint(path, what='weights file'):
-    """The object saved in the checkpoint ``path`` (loaded on the CPU, weights only: plain tensors and containers).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file cannot be read as a checkpoint; the message starts with ``what`` and the path.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{what} {path} does not exist')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, EOFError) for bad files
-        raise ValueError(f'cannot read {what} {path}: {" ".join(str(err).split())[:300]}') from err
-
-
-def _state_dict_of(checkpoint, path):
-    """(state dict, key used) of a loaded checkpoint: ``params_ema``, else ``params``, else a bare state dict."""
-    if not isinstance(checkpoint, dict):
-        raise ValueError(
-            f'weights file {path} holds a {type(checkpoint).__name__}, not a state dict or a basicsr '
-            f'checkpoint with params / params_ema'
-        )
-    for key in ('params_ema', 'params'):
-        if key in checkpoint:
-            return checkpoint[key], key
-    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        return checkpoint, 'state_dict'
-    raise ValueError(
-        f'weights file {path} has neither params_ema nor params and is not a bare state dict '
-        f'(top-level keys: {sorted(map(str, checkpoint))[:8]})'
-    )
-
-
 def load_weights(net, weights_path):
-    """Load a basicsr checkpoint into ``net`` (strict).
-
-    Takes ``params_ema`` if present, else ``params``, else the file as a bare state dict; a ``module.`` prefix
-    (DataParallel / DDP) is stripped.
-
-    Args:
-        net (torch.nn.Module): the network built from the matching option file.
-        weights_path (str): ``.pth`` file.
+    """Load a checkpoint into ``net`` (strict, :func:`pdnsr.checkpoints.fit_state_dict`: ``params_ema`` else
+    ``params`` else a bare state dict; a paper-bank file converted for a compact network).
 
     Returns:
         str: the key used: 'params_ema', 'params' or 'state_dict' (bare).
@@ -130,40 +98,30 @@ def load_weights(net, weights_path):
     Raises:
         FileNotFoundError: no such file.
         ValueError: unreadable file, or weights that do not fit ``net``; the message names the file and the first
-            mismatching key (missing, unexpected, or its two shapes).
+            mismatching key (missing, unexpected, or its two shapes) or the DCM option to set.
     """
-    weights_path = os.fspath(weights_path)
-    checkpoint = read_checkpoint(weights_path)
-    state, used = _state_dict_of(checkpoint, weights_path)
-    state = {k[len('module.') :] if k.startswith('module.') else k: v for k, v in state.items()}
-
-    expected = net.state_dict()
-    problems = []
-    for key, value in expected.items():
-        if key not in state:
-            problems.append(f'missing key {key!r}')
-        elif tuple(state[key].shape) != tuple(value.shape):
-            problems.append(
-                f'key {key!r} has shape {tuple(state[key].shape)} in the file but {tuple(value.shape)} in the network'
-            )
-    problems += [f'unexpected key {key!r}' for key in state if key not in expected]
-    if problems:
-        more = f' (and {len(problems) - 1} more mismatches)' if len(problems) > 1 else ''
-        raise ValueError(
-            f'weights file {weights_path} ({used}) does not fit the network {type(net).__name__} of the '
-            f'option file: {problems[0]}{more}; use the option file the model was trained with'
-        )
-    net.load_state_dict(state, strict=True)
+    state, used = state_dict_of(read_checkpoint(weights_path), weights_path)
+    net.load_state_dict(fit_state_dict(net, state, weights_path, used), strict=True)
     return used
 
 
 def load_network(opt_path, weights_path, device=None):
-    """(network built from ``opt_path`` with the weights of ``weights_path``, in eval mode on ``device``, the
-    device): :func:`build_network_from_options`, :func:`load_weights`, :func:`resolve_device` in one call."""
+    """(network, device, record): the network of ``opt_path``'s ``network_g`` with the weights of ``weights_path``,
+    in eval mode on ``device`` (:func:`resolve_device`), and the checkpoint's record of its prompts
+    (:mod:`pdnsr.provenance`; None for an older or a basicsr checkpoint).
+
+    The DCM bank is read from the checkpoint: a compact-bank file (``scripts/convert_dcm_bank.py``) loads with the
+    option file the model was trained with.
+    """
     device = resolve_device(device) if device is None or isinstance(device, str) else device
-    net = build_network_from_options(opt_path)
-    load_weights(net, weights_path)
-    return net.to(device).eval(), device
+    opt_net = read_network_options(opt_path)
+    checkpoint = read_checkpoint(weights_path)
+    state, used = state_dict_of(checkpoint, weights_path)
+    if dcm_layout_of(state)['bank'] == 'compact' and type_takes_prompt(opt_net['type']):
+        opt_net['dcm'] = {**(opt_net.get('dcm') or {}), 'bank': 'compact'}
+    net = build_network_from_options(opt_path, opt_net)
+    net.load_state_dict(fit_state_dict(net, state, weights_path, used), strict=True)
+    return net.to(device).eval(), device, provenance.of_checkpoint(checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -311,14 +269,49 @@ def resolve_device(name=None):
     return device
 
 
-def make_prompt_encoder(model_name, pretrained, device, prompt_dim):
-    """The CLIP prompt encoder (:class:`PromptEncoder`), checked against the network's ``prompt_dim``.
+def prompt_encoder_for(record, prompt_dim, clip_model=None, clip_pretrained=None, device='cpu', force=False, warn=None):
+    """The CLIP encoder of the embedding space a model was trained in, for encoding its prompts.
+
+    Args:
+        record (dict | None): the checkpoint's record (:func:`load_network`); None for an older checkpoint.
+        prompt_dim (int): the network's prompt size.
+        clip_model, clip_pretrained (str | None): what the user named (``--clip-model`` / ``--clip-pretrained``);
+            None: the record's (``ViT-B-32`` / ``openai`` without a record).
+        device: where CLIP runs.
+        force (bool): ``--force-encoder``: an encoder other than the record's only warns.
+        warn (callable | None): where warnings go (default basicsr's logger).
 
     Raises:
+        UserError: the named encoder is not the model's (checked before CLIP is loaded: a file is hashed), or the
+            model's weights are a file the user has to name.
         pdnsr.prompts.encoder.WeightsUnavailable: the weights cannot be loaded (the message says what to do).
         ValueError: the embedding size differs from ``prompt_dim`` (naming both).
     """
-    encoder = PromptEncoder(model_name, pretrained=pretrained, device=device)
+    trained = (record or {}).get('prompt_encoder')
+    warn = warn or get_root_logger().warning
+    if trained is None:
+        warn(
+            'the checkpoint does not record the prompt encoder it was trained with (an older or a basicsr '
+            'checkpoint): prompts are encoded with '
+            f'{clip_model or "ViT-B-32"} / {clip_pretrained or "openai"}; make sure that is the one it was trained with'
+        )
+    model_name = clip_model or (trained or {}).get('model_name') or 'ViT-B-32'
+    weights = (trained or {}).get('weights', 'openai')
+    seed = int(weights.rsplit('-', 1)[1]) if weights.startswith('random-seed-') else 0
+    if clip_pretrained is None:
+        if weights.startswith(('sha256:', 'file:')):
+            raise UserError(
+                f'the model was trained on prompts of {provenance.describe(trained)}, a local CLIP checkpoint: pass '
+                'that file with --clip-pretrained /path/to/open_clip_model.bin'
+            )
+        clip_pretrained = 'none' if weights.startswith('random-seed-') else weights
+    given = provenance.encoder_record(
+        {'model_name': model_name, 'pretrained': clip_pretrained, 'random_init_seed': seed}
+    )
+    provenance.check_same_space(
+        trained, given, 'the model', f'--clip-model {model_name} --clip-pretrained {clip_pretrained}', force, warn
+    )
+    encoder = PromptEncoder(model_name, pretrained=clip_pretrained, device=device, seed=seed)
     if encoder.embed_dim != prompt_dim:
         raise ValueError(
             f'CLIP model {model_name} makes prompt embeddings of size {encoder.embed_dim} but the '

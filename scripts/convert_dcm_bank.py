@@ -6,10 +6,12 @@ Every paper-layout DCM (``weight (n, c, d, k, k)`` + ``proj``) of every state di
 ``params_ema`` of a basicsr checkpoint, or a bare state dict) becomes ``kernel (n, c, c, k, k)`` +
 ``mask_kernel (n, c, k, k)`` (``pdnsr.archs.convert_state_dict_to_compact``); the temperature and everything else
 is kept. Load the result into the same network with ``dcm: {bank: compact}`` under ``network_g``: its outputs
-equal the original network's up to float rounding. The output is written to a temporary name, then renamed.
+equal the original network's up to float rounding. The model's record of its prompts (``pdnsr.provenance``) is kept,
+with the new bank. The output is written to a temporary name, then renamed.
 """
 
 import argparse
+import copy
 import os
 import sys
 
@@ -19,11 +21,10 @@ except ImportError:  # run from a checkout that was not pip-installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import pdnsr  # noqa: F401
 
-import torch  # noqa: E402
-
+from pdnsr import provenance  # noqa: E402
 from pdnsr.archs.dcm_arch import convert_state_dict_to_compact  # noqa: E402
+from pdnsr.checkpoints import read_checkpoint, save_checkpoint  # noqa: E402
 from pdnsr.cli import run_main  # noqa: E402
-from pdnsr.inference import read_checkpoint  # noqa: E402
 
 PARAM_KEYS = ('params', 'params_ema')
 
@@ -45,13 +46,13 @@ def convert_checkpoint(src, dst):
             f'checkpoint {src} has no DCM with the paper kernel bank (no 5-D "weight" beside "proj"): '
             f'it is already compact or has no DCMs'
         )
-    tmp = f'{dst}.tmp{os.getpid()}'
-    try:
-        torch.save(out, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    record = provenance.of_checkpoint(checkpoint)
+    if record is not None:  # the model's record follows it, with the bank it now has
+        record = copy.deepcopy(record)
+        record['dcm'] = {**(record.get('dcm') or {}), 'bank': 'compact'}
+        record['network_g']['dcm'] = {**(record['network_g'].get('dcm') or {}), 'bank': 'compact'}
+        out[provenance.KEY] = record
+    save_checkpoint(out, dst)
     return counts
 
 

@@ -51,7 +51,16 @@ NETWORKS = {
         ),
     ),
 }
-DCM = dict(num_kernels=4, kernel_size=3, router_hidden=128, use_attention=True, use_dynamic=True)
+DCM = dict(num_kernels=4, kernel_size=3, router_hidden=128, use_attention=True, use_dynamic=True, router='scaled')
+ROUTER_NOTE = "scaled: the router reads the unit prompt times sqrt(d); paper: the paper's literal router (docs/dcm.md)"
+# The training speed options of pdnsr.models.train_options, off in every recipe (docs/benchmarks.md measures them).
+SPEED = dict(amp=False, channels_last=False, compile=False, accumulate=1)
+SPEED_NOTES = {
+    'amp': 'bf16 | fp16 | false: autocast for forward and loss (fp16 with a GradScaler saved in the training state)',
+    'channels_last': 'network and inputs in channels-last memory format (faster convolutions on GPUs)',
+    'compile': 'true | {mode: max-autotune}: torch.compile of net_g for the training step',
+    'accumulate': "N: each iteration's batch in N micro-batches, same result with 1/N of the activation memory",
+}
 TEMPERATURE = dict(init=34, step=3, every_epochs=10, min=1)  # the paper's schedule, written out to be seen
 PROMPT_DIM_NOTE = 'CLIP ViT-B-32; must equal the d of the prompt stores'
 
@@ -203,6 +212,7 @@ def train_file(exp):
         val_freq=5e3,
         use_tb_logger=True,
     )
+    opt['train'].update(SPEED)
     opt['logger']['wandb'] = dict(project=None, resume_id=None)
     opt['dist_params'] = dict(backend='nccl', port=29500)
     comments = {
@@ -216,8 +226,10 @@ def train_file(exp):
             'Change N (or the GPU count) and total_iter / periods together.',
         ],
     }
+    comments.update({('train', key): note for key, note in SPEED_NOTES.items()})
     if exp.plus:
         comments[('network_g', 'prompt_dim')] = PROMPT_DIM_NOTE
+        comments[('network_g', 'dcm', 'router')] = ROUTER_NOTE
         comments[('train', 'temperature')] = 'router softmax temperature: init - step every every_epochs epochs, >= min'
     if exp.pretrain:
         opt['path'] = dict(

@@ -33,7 +33,7 @@ from pdnsr.infer_cli import add_tile_arguments  # noqa: E402
 from pdnsr.inference import (  # noqa: E402
     image_to_tensor,
     load_network,
-    make_prompt_encoder,
+    prompt_encoder_for,
     super_resolve,
     tensor_to_bgr,
 )
@@ -56,7 +56,7 @@ def parse_args(argv=None):
         help="draw masks over each prompt's SR output (default) or over the enlarged LR input",
     )
     parser.add_argument('--output', required=True, help='figure file (PNG)')
-    add_clip_arguments(parser)
+    add_clip_arguments(parser, for_model=True)
     add_tile_arguments(parser)
     return parser.parse_args(argv)
 
@@ -124,11 +124,19 @@ def make_figure(net, encoder, rgb, prompts, dcm=-1, background='sr', tile=None, 
 
 def run(args):
     """Write the figure of the parsed ``args``; raises the user errors of :data:`pdnsr.cli.USER_ERRORS`."""
-    net, device = load_network(args.opt, args.weights, args.device)
+    net, device, record = load_network(args.opt, args.weights, args.device)
     if not takes_prompt(net):
         raise ValueError(f'{type(net).__name__} takes no prompt: attention masks need a "+" network')
     rgb = read_rgb(args.image)
-    encoder = make_prompt_encoder(args.clip_model, args.clip_pretrained, device, net.prompt_dim)
+    encoder = prompt_encoder_for(
+        record,
+        net.prompt_dim,
+        args.clip_model,
+        args.clip_pretrained,
+        device,
+        args.force_encoder,
+        warn=lambda message: print(f'warning: {message}', file=sys.stderr),
+    )
     with torch.no_grad():
         figure = make_figure(
             net,

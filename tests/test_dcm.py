@@ -18,7 +18,9 @@ def equations_2_to_4(dcm, x, p):
             cos = (f_norm * (pb / pb.norm())[None, :, None, None]).sum(1, keepdim=True)
             f = torch.sigmoid(dcm.zeta.double() * cos) * f
         if dcm.use_dynamic:
-            pi = torch.softmax(dcm.router(pb[None].to(dcm.weight.dtype)).double()[0] / dcm.temperature.double(), 0)
+            # The paper's router reads the prompt; the scaled one its unit vector times sqrt(d).
+            seen = pb if dcm.router_kind == 'paper' else pb / pb.norm() * pb.numel() ** 0.5
+            pi = torch.softmax(dcm.router(seen[None].to(dcm.weight.dtype)).double()[0] / dcm.temperature.double(), 0)
         else:
             pi = torch.ones(1, dtype=torch.float64)
         weight = (pi[:, None, None, None, None] * dcm.weight.double()).sum(0)
@@ -46,7 +48,9 @@ def inputs(dtype=torch.float64, batch=3):
 
 ABLATIONS = [
     dict(),
+    dict(router='paper'),
     dict(use_attention=False),
+    dict(use_attention=False, router='paper'),
     dict(use_dynamic=False),
     dict(use_attention=False, use_dynamic=False),
     dict(kernel_size=1),

@@ -79,7 +79,7 @@ def shared_clip(monkeypatch, clip_encoder):
     """Make the CLI reuse the session's random-weight CLIP instead of building its own (same seed, same weights)."""
     calls = []
 
-    def factory(model_name, pretrained=None, device='cpu'):
+    def factory(model_name, pretrained=None, device='cpu', seed=0):
         calls.append((model_name, pretrained))
         return clip_encoder
 

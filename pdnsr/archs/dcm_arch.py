@@ -37,10 +37,12 @@ from torch import nn
 
 # Layouts of the kernel bank (see the module docstring).
 BANKS = ('paper', 'compact')
-# What the router reads (EXPLORATION: candidates, pruned after measuring).
-ROUTERS = ('paper', 'scaled', 'layernorm', 'learned')
-# The state-dict key (under a DCM's prefix) that only a router of that kind has; the paper's router has none.
-ROUTER_MARKERS = {'scaled': 'router_scale', 'layernorm': 'router_norm.weight'}
+# What the router reads: 'scaled' (the default), the unit prompt times sqrt(d), entries of order 1; 'paper', the
+# prompt as it is (entries ~1/sqrt(d)), the paper's literal router (docs/dcm.md, "The router's scale").
+ROUTERS = ('scaled', 'paper')
+# The state-dict key (under a DCM's prefix) that only a router of that kind has; the paper's router has none. A
+# checkpoint therefore says which router it was trained with (pdnsr.checkpoints refuses to load it into the other).
+ROUTER_MARKERS = {'scaled': 'router_scale'}
 
 # Norms below this are treated as zero: the mask of a zero feature vector or a zero prompt is sigmoid(0).
 _EPS = 1e-6
@@ -68,6 +70,10 @@ class DynamicCorrelationModule(nn.Module):
         bank (str): ``'paper'`` (default; ``weight (n, c, d, k, k)`` as in the paper, folded with ``proj`` at every
             forward) or ``'compact'`` (``kernel (n, c, c, k, k)``, ``mask_kernel (n, c, k, k)``: the folded bank
             stored directly, the same functions with ~5x fewer parameters and nothing to fold).
+        router (str): what the router reads: ``'scaled'`` (default; the unit prompt times sqrt(d), so that its
+            entries are of order 1 and a caption difference reaches the kernel mixture) or ``'paper'`` (the prompt as
+            it is, entries ~1/sqrt(d): the paper's literal router, whose mixture barely follows the prompt while the
+            temperature is high; docs/dcm.md).
     """
 
     def __init__(
@@ -82,7 +88,7 @@ class DynamicCorrelationModule(nn.Module):
         temperature=34.0,
         init_scale=0.1,
         bank='paper',
-        router='paper',
+        router='scaled',
     ):
         super().__init__()
         for name, value in (
@@ -130,11 +136,9 @@ class DynamicCorrelationModule(nn.Module):
                 nn.Linear(prompt_dim, router_hidden), nn.ReLU(inplace=True), nn.Linear(router_hidden, num_kernels)
             )
             if router == 'scaled':
-                self.register_buffer('router_scale', torch.tensor(math.sqrt(prompt_dim)))
-            elif router == 'learned':
-                self.router_scale = nn.Parameter(torch.tensor(math.sqrt(prompt_dim)))
-            elif router == 'layernorm':
-                self.router_norm = nn.LayerNorm(prompt_dim)
+                # A buffer, not a constant: it marks the checkpoint's router (ROUTER_MARKERS) and follows .to().
+                # float64, so that a float64 module (the tests' reference) gets sqrt(d) unrounded.
+                self.register_buffer('router_scale', torch.tensor(math.sqrt(prompt_dim), dtype=torch.float64))
         if bank == 'paper':
             self.weight = nn.Parameter(torch.empty(n, c, prompt_dim, k, k))
         else:
@@ -171,7 +175,7 @@ class DynamicCorrelationModule(nn.Module):
         return (
             f'num_feat={self.num_feat}, prompt_dim={self.prompt_dim}, num_kernels={self.num_kernels}, '
             f'kernel_size={self.kernel_size}, use_attention={self.use_attention}, '
-            f'use_dynamic={self.use_dynamic}, bank={self.bank!r}'
+            f'use_dynamic={self.use_dynamic}, bank={self.bank!r}, router={self.router_kind!r}'
         )
 
     def set_temperature(self, value):
@@ -212,10 +216,10 @@ class DynamicCorrelationModule(nn.Module):
         return torch.softmax(logits / self.temperature.to(logits.dtype), dim=1)
 
     def _router_input(self, prompt):
+        """What the router reads: the prompt itself (``paper``), or its unit vector times sqrt(d) (``scaled``), whose
+        entries are of order 1 whatever the prompt's norm; a zero prompt stays zero."""
         if self.router_kind == 'paper':
             return prompt
-        if self.router_kind == 'layernorm':
-            return self.router_norm(prompt)
         return (self._unit_prompt(prompt) * self.router_scale).to(prompt.dtype)
 
     def _unit_prompt(self, prompt):

@@ -280,7 +280,9 @@ class PromptGuidedMixin:
         pad_h, pad_w = -h % multiple, -w % multiple
         if not (pad_h or pad_w):
             return PromptGuidedMixin.forward(self, x, prompt)
-        x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode='reflect')
+        # Reflection needs more pixels than it pads; an image that small (a few pixels) is padded by replication.
+        mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+        x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         return PromptGuidedMixin.forward(self, x, prompt)[..., : h * scale, : w * scale]
 
 

@@ -23,10 +23,12 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import tensor2img
 
 from pdnsr import options as opts
+from pdnsr import provenance
 from pdnsr.archs.dcm_arch import dcm_modules
 from pdnsr.archs.plus_util import DCM_OPTIONS
 from pdnsr.data.captioned_degradations import assign_degradations, captions_of, get_degradations, write_degraded_pair
 from pdnsr.data.prompt_paired_image_dataset import PromptPairedImageDataset
+from pdnsr.data.prompt_store import PromptStore
 from pdnsr.experiments.runs import train_all
 from pdnsr.inference import load_network, super_resolve
 from pdnsr.prompts.build import build_prompt_store
@@ -253,7 +255,11 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
         mean |mask(right) - mask(swapped)| (per DCM); ``temperature``, ``zeta``. With ``keep_images``, ``images[set]
         [degradation][mode] = (uint8 BGR SR image, {dcm: mask})`` of the last image, and ``hr`` likewise.
     """
-    net, _ = load_network(opt_path, weights, 'cpu')
+    net, _, record = load_network(opt_path, weights, 'cpu')
+    if prompted:  # the test prompts must come from the embedding space the model was trained in
+        trained = (record or {}).get('prompt_encoder')
+        for *_, store, _swapped in tests.values():
+            provenance.check_same_space(trained, provenance.encoder_record(PromptStore(store).meta), weights, store)
     multiple = INPUT_MULTIPLE.get(type(net).__name__.replace('Plus', ''), 1)
     dcms = dcm_modules(net)
     out = {'scores': {}, 'diag': {}, 'images': {}, 'hr': {}}

@@ -14,9 +14,10 @@ def attention_heatmap(mask, size=None):
     """
     if hasattr(mask, 'detach'):
         mask = mask.detach().float().cpu().numpy()
-    mask = np.asarray(mask, dtype=np.float32).squeeze()
-    if mask.ndim != 2:
-        raise ValueError(f'attention mask must be (h, w) after squeezing, got shape {mask.shape}')
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.ndim < 2 or any(n != 1 for n in mask.shape[:-2]):
+        raise ValueError(f'attention mask must be (h, w) (with leading dimensions of 1), got shape {mask.shape}')
+    mask = mask.reshape(mask.shape[-2:])  # not squeeze(): a 1-pixel-high mask stays 2-D
     gray = np.clip(np.rint(mask * 255), 0, 255).astype(np.uint8)
     if size is not None:
         gray = cv2.resize(gray, tuple(size), interpolation=cv2.INTER_NEAREST)
