@@ -29,7 +29,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import REPO_ROOT, images_in, make_parser, print_header, print_table, setup, train_run
+from common import REPO_ROOT, images_in, make_parser, print_header, print_table, setup
 
 # isort: split
 import cv2
@@ -40,6 +40,7 @@ from basicsr.utils import img2tensor, tensor2img
 
 from pdnsr import options as opts
 from pdnsr.data.degradations import blur_downsample
+from pdnsr.experiments.runs import hashed_name, run_pipeline, weights_path
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'
 
@@ -169,6 +170,14 @@ def evaluate(args, net_opt, weights, bench):
     return scores
 
 
+def train(opt, workdir, threads):
+    """The final weights of run ``opt``: trained with ``pdnsr/train.py``, or kept from an earlier identical run."""
+    path = weights_path(workdir, opt['name'])
+    if not os.path.exists(path):
+        run_pipeline(opt, workdir, threads=threads).check(f'training {opt["name"]}')
+    return path
+
+
 def validation_curve(log_path, args):
     """[(iteration, set, PSNR)] from basicsr's "Validation <set>" log lines of one run (every ``--val-freq``)."""
     if not args.val_freq:
@@ -289,7 +298,7 @@ def main():
     workdir = args.workdir or os.path.join('/tmp', f'pdnsr_quality_{os.getpid()}')
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
-    tag = f'x{args.scale}_s{args.sigma:g}' + ('_quick' if args.quick else '')
+    tag = f'x{args.scale}_s{args.sigma:g}_c{args.crop}' + ('_quick' if args.quick else '')
     limit, crop = (2, 96) if args.quick else (None, None)
     hr, lr = prepare_pairs(train_sets, os.path.join(workdir, f'train_{tag}'), args.scale, args.sigma, crop, limit)
     sub_hr, sub_lr = cut_subimages(
@@ -323,26 +332,22 @@ def main():
     )
 
     runs = [(net_type, seed) for seed in args.seeds for net_type in ('EDSRPlus', 'EDSR')]
-    run_opts = {
-        (net_type, seed): train_options(
-            args,
-            f'quality_{net_type}{bank_tag(args, net_type)}_{tag}_it{args.iters}_lr{args.lr:g}_seed{seed}',
-            net_type,
-            seed,
-            data,
-        )
-        for net_type, seed in runs
-    }
+    run_opts = {}
+    for net_type, seed in runs:  # named after the whole option dict: data, recipe, network, CLIP weights (stores)
+        opt = train_options(args, 'run', net_type, seed, data)
+        opt['name'] = hashed_name(f'quality_{net_type}{bank_tag(args, net_type)}_seed{seed}', opt)
+        run_opts[net_type, seed] = opt
+
     threads = 1 if args.jobs > 1 else args.threads
     scores, curves = {}, {}  # (net, seed) -> {set: (psnr, ssim)}; (net, seed) -> [(iter, psnr), ...]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {run: (time.time(), pool.submit(train_run, run_opts[run], workdir, threads, True)) for run in runs}
+        futures = {run: (time.time(), pool.submit(train, run_opts[run], workdir, threads)) for run in runs}
         for run in runs:
             t1, future = futures[run]
             weights = future.result()
             net_type, seed = run
             scores[run] = evaluate(args, run_opts[run]['network_g'], weights, bench)
-            curves[run] = validation_curve(os.path.join(workdir, f'{run_opts[run]["name"]}.log'), args)
+            curves[run] = validation_curve(os.path.join(workdir, f'{run_opts[run]["name"]}_train.log'), args)
             print(
                 f'  trained and evaluated {net_type} seed {seed} in {time.time() - t1:.0f} s: '
                 + ', '.join(f'{s} {p:.2f} dB / {q:.4f}' for s, (p, q) in scores[run].items()),

@@ -12,7 +12,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -154,36 +153,6 @@ def verdict(value, target, smaller_is_better=True, quick=False):
         return 'n/a (--quick is a smoke run)'
     ok = value <= target if smaller_is_better else value >= target
     return f'{"met" if ok else "MISSED"} (target ≤ {target})'
-
-
-def train_run(opt, workdir, threads=1, reuse=False):
-    """Train ``opt`` (a basicsr option dict) with ``pdnsr/train.py`` in a subprocess under ``PDNSR_ROOT=workdir``.
-
-    The option file and the log go to ``workdir/<name>.yml`` / ``.log``; a failed run exits with the log's tail.
-    Returns the path of the final weights, ``workdir/experiments/<name>/models/net_g_latest.pth``; with ``reuse``
-    a run whose final weights exist is not trained again.
-    """
-    from pdnsr.options import write_options
-
-    weights = os.path.join(workdir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
-    if reuse and os.path.exists(weights):
-        return weights
-    path = write_options(opt, os.path.join(workdir, f'{opt["name"]}.yml'))
-    env = dict(os.environ, PDNSR_ROOT=workdir, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    log_path = os.path.join(workdir, f'{opt["name"]}.log')
-    with open(log_path, 'w') as log:
-        proc = subprocess.run(
-            [sys.executable, str(REPO_ROOT / 'pdnsr' / 'train.py'), '-opt', path],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    if proc.returncode != 0:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise SystemExit(f'training {opt["name"]} failed (log {log_path}):\n{tail}')
-    return weights
 
 
 def images_in(folder):

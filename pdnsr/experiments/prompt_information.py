@@ -11,7 +11,6 @@ The demo (``pdnsr/demo.py``) is its small preset on scikit-image's photos; ``ben
 its full preset on BSD68 + SunHays80 (training) and Set5 / Set14 (testing), with DCM variants for ablations.
 """
 
-import hashlib
 import json
 import os
 import statistics
@@ -29,7 +28,7 @@ from pdnsr.archs.plus_util import DCM_OPTIONS
 from pdnsr.data.captioned_degradations import assign_degradations, captions_of, get_degradations, write_degraded_pair
 from pdnsr.data.prompt_paired_image_dataset import PromptPairedImageDataset
 from pdnsr.data.prompt_store import PromptStore
-from pdnsr.experiments.runs import train_all
+from pdnsr.experiments.runs import hashed_name, train_all
 from pdnsr.inference import load_network, super_resolve
 from pdnsr.prompts.build import build_prompt_store
 
@@ -209,7 +208,7 @@ def run_options(recipe, kind, seed, train, prompt_dim):
         enlarge=enlarge,
     )
     opt = opts.train_options(
-        f'demo_{kind}' if recipe.demo_names else 'run',
+        f'demo_{kind}',
         network_g,
         train_set,
         recipe.scale,
@@ -225,9 +224,7 @@ def run_options(recipe, kind, seed, train, prompt_dim):
         checkpoint_freq=10**9 if recipe.demo_names else None,
     )
     if not recipe.demo_names:  # named after the whole recipe: a changed recipe never reuses an old run
-        opt['name'] = (
-            f'info_{net_type}_seed{seed}_{hashlib.sha1(json.dumps(opt, sort_keys=True).encode()).hexdigest()[:8]}'
-        )
+        opt['name'] = hashed_name(f'info_{net_type}_seed{seed}', opt)
     return opt
 
 

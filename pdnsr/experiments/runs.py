@@ -8,6 +8,8 @@ Small convolutions scale poorly across threads, so on a few cores several single
 (:func:`train_all`) finish sooner than the same runs one after another with all threads.
 """
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +44,13 @@ class RunResult:
                 f'{what} failed (exit status {self.returncode}, log {self.log_path}); last lines:\n{self.tail}'
             )
         return self
+
+
+def hashed_name(prefix, opt):
+    """``<prefix>_<8 hex digits>``: a run name that changes with anything in the option dict ``opt`` (data paths,
+    recipe, network), so that a run kept in a work folder is reused only for the very same recipe."""
+    blob = json.dumps({k: v for k, v in opt.items() if k != 'name'}, sort_keys=True, default=str)
+    return f'{prefix}_{hashlib.sha1(blob.encode()).hexdigest()[:8]}'
 
 
 def weights_path(root, name, which='latest'):
