@@ -4,12 +4,9 @@ Real images (scikit-image photos written to a temp dir), real prompt LMDBs built
 open_clip ViT-B-32 architecture with random weights (no hub here), real subprocesses of the CLI entry points.
 """
 
-import copy
 import glob
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,6 +15,8 @@ import yaml
 from conftest import REPO_ROOT, torchrun_weights
 from pdnsr import options as opts
 from pdnsr.archs.dcm_arch import dcm_modules, type_takes_prompt
+from pdnsr.experiments.runs import run_pipeline
+from pdnsr.models.pdn_model import build_in_process as build_model
 
 TINY_NETS = {
     'EDSRPlus': dict(num_feat=16, num_block=2),
@@ -50,21 +49,13 @@ def tiny_options(data, name, net_type='EDSRPlus', total_iter=30, every_epochs=1,
     return opt
 
 
-def run_cli(script, opt, root, *args, timeout=240):
-    path = os.path.join(root, f'{opt["name"]}_{script}.yml')
-    with open(path, 'w') as f:
-        yaml.safe_dump(opt, f)
-    env = dict(os.environ, PDNSR_ROOT=str(root), OMP_NUM_THREADS='1')
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, 'pdnsr', script), '-opt', path, *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
+def run_cli(script, opt, root, *args, timeout=240, expect=0, **kwargs):
+    """``pdnsr/<script>`` on ``opt`` in a subprocess (:func:`pdnsr.experiments.runs.run_pipeline`, ``kwargs`` go
+    there); returns its log after checking the exit status."""
+    result = run_pipeline(opt, str(root), script.replace('.py', ''), args, threads=1, timeout=timeout, **kwargs)
+    log = open(result.log_path, encoding='utf-8').read()
+    assert result.returncode == expect, log[-4000:]
+    return log
 
 
 def log_values(log, key):
@@ -139,20 +130,6 @@ def test_test_script_writes_images_metrics_and_attention(paired_data, tmp_path):
     for key in paired_data['keys']:
         assert f'{key}_tiny_test.png' in pictures
         assert {f'{key}_tiny_test_attention_dcm0.png', f'{key}_tiny_test_attention_dcm1.png'} <= set(pictures)
-
-
-def build_model(opt):
-    from basicsr.models import build_model as basicsr_build_model
-
-    opt = copy.deepcopy(opt)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
-    opt['path'].update(
-        experiments_root='unused', models='unused', training_states='unused', log='unused', visualization='unused'
-    )
-    for dataset_opt in opt['datasets'].values():
-        dataset_opt.setdefault('phase', 'train')
-        dataset_opt['scale'] = opt['scale']
-    return basicsr_build_model(opt)
 
 
 def test_temperature_schedule_paper_values_on_both_networks(paired_data):
@@ -230,18 +207,42 @@ def test_torchrun_two_processes_on_cpu_agree(paired_data, tmp_path):
 def test_cli_user_error_is_one_line_with_exit_status_2(paired_data, tmp_path):
     opt = tiny_options(paired_data, 'missing_store')
     opt['datasets']['train']['dataroot_prompt'] = str(tmp_path / 'nowhere.lmdb')
-    path = tmp_path / 'missing.yml'
-    path.write_text(yaml.safe_dump(opt))
-    env = dict(os.environ, PDNSR_ROOT=str(tmp_path))
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, 'pdnsr', 'train.py'), '-opt', str(path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('pdnsr-train: error: dataroot_prompt of dataset ') and 'nowhere.lmdb' in last, last
-    assert 'Traceback' not in proc.stderr
+    log = run_cli('train.py', opt, tmp_path, expect=2)
+    last = log.strip().splitlines()[-1]
+    assert last.startswith('pdnsr-train: error: datasets.train.dataroot_prompt: ') and 'nowhere.lmdb' in last, last
+    assert 'Traceback' not in log and not (tmp_path / 'experiments').exists()
+
+
+def shipped_recipe(data, name, net_type='RCANPlus', total_iter=12, val_freq=4):
+    """``options/train_rcan_x4.yml`` as shipped (ema_decay 0, temperature, speed options off, validation), with a
+    tiny network, the test images, CPU, and validation every ``val_freq`` iterations with images and attention."""
+    with open(REPO_ROOT / 'options' / 'train_rcan_x4.yml', encoding='utf-8') as f:
+        opt = yaml.safe_load(f)
+    tiny = tiny_options(data, name, net_type, total_iter=total_iter)
+    opt.update(name=name, num_gpu=0, scale=2, network_g={**opt['network_g'], **tiny['network_g']})
+    for phase in ('train', 'val'):
+        opt['datasets'][phase] = {**opt['datasets'][phase], **tiny['datasets'][phase]}
+    opt['datasets']['train']['dataset_enlarge_ratio'] = 10  # six images: enough batches per rank and epoch
+    opt['train']['total_iter'] = total_iter
+    opt['train']['scheduler']['periods'] = [total_iter]
+    opt['val'].update(val_freq=val_freq, save_img=True, save_attention=[0, -1])
+    opt['val']['metrics'] = tiny['val']['metrics']
+    opt['logger'].update(print_freq=4, save_checkpoint_freq=total_iter, use_tb_logger=False)
+    opt.pop('dist_params', None)
+    assert opt['train']['ema_decay'] == 0 and opt['train']['amp'] is False
+    return opt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('ema_decay', [0, 0.9])
+def test_torchrun_validates_during_and_after_training_without_hanging(paired_data, tmp_path, ema_decay):
+    """Two gloo processes with the shipped recipe's settings: validation at iterations 4, 8, 12 and after training
+    (rank 0 validates the bare network while the others wait at a barrier); every run exits 0."""
+    opt = shipped_recipe(paired_data, f'ddp_val_{ema_decay}')
+    opt['train']['ema_decay'] = ema_decay
+    result = run_pipeline(opt, str(tmp_path), 'train', nproc=2, port=29741 + int(ema_decay * 10), timeout=300)
+    log = open(result.log_path, encoding='utf-8').read()
+    assert result.returncode == 0, log[-4000:]
+    assert log.count('Validation tinyval') == 4, log[-4000:]
+    pictures = os.listdir(tmp_path / 'experiments' / opt['name'] / 'visualization' / paired_data['keys'][0])
+    assert any(name.endswith('_attention_dcm0.png') for name in pictures), pictures

@@ -69,6 +69,7 @@ def run_pipeline(
     timeout=None,
     on_line=None,
     env=None,
+    kill_when=None,
 ):
     """Run ``script`` on the option dict ``opt`` in a subprocess and wait for it.
 
@@ -83,6 +84,8 @@ def run_pipeline(
         timeout (float | None): seconds before the run is killed (its result then has return code -9).
         on_line (callable | None): called with each output line (str, without newline) as it comes.
         env (dict | None): more environment variables.
+        kill_when (callable | None): ``kill_when(line)`` true kills the run at once (SIGKILL: a crash, for tests of
+            what a crash leaves behind).
 
     Returns:
         RunResult: the log (stdout and stderr together) is kept at ``<root>/<name>_<script>.log``.
@@ -114,6 +117,8 @@ def run_pipeline(
                 tail.append(line.rstrip())
                 if on_line is not None:
                     on_line(line.rstrip())
+                if kill_when is not None and kill_when(line):
+                    proc.kill()
             proc.wait()
         finally:
             if timer:

@@ -64,7 +64,7 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
     # ------------------------------------------------------------------ network placement and loading
     def model_to_device(self, net):
         if self.speed.channels_last:  # before DDP: its gradient buckets follow the parameters' layout
-            net = net.to(memory_format=torch.channels_last)
+            to_channels_last(net)
         return super().model_to_device(net)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
@@ -105,7 +105,7 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
     def init_training_settings(self):
         super().init_training_settings()
         if hasattr(self, 'net_g_ema') and self.speed.channels_last:
-            self.net_g_ema.to(memory_format=torch.channels_last)
+            to_channels_last(self.net_g_ema)
         if self.speed.amp == 'fp16':
             self.scaler = torch.amp.GradScaler(self.device.type)
         if dcm_modules(self.net_g):
@@ -288,6 +288,29 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
                         ctx['iter'],
                         dataformats='HWC',
                     )
+
+
+def build_in_process(opt):
+    """The model of a training option dict built in this process, as basicsr's pipeline would build it (one process,
+    no folders: for benchmarks and tests that step the model themselves)."""
+    from basicsr.models import build_model
+
+    opt = copy.deepcopy(opt)
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, auto_resume=False)
+    opt['path'].update({k: 'unused' for k in ('experiments_root', 'models', 'training_states', 'log', 'visualization')})
+    for phase, dataset_opt in opt['datasets'].items():
+        dataset_opt.setdefault('phase', phase.split('_')[0])
+        dataset_opt['scale'] = opt['scale']
+    return build_model(opt)
+
+
+def to_channels_last(net):
+    """The 4-D parameters of ``net`` (convolution kernels) in channels-last layout, in place. Not ``net.to(
+    memory_format=...)``: that also converts 5-D tensors, which the paper bank's ``(n, c, d, k, k)`` kernels are."""
+    for param in net.parameters():
+        if param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)
+    return net
 
 
 def count_images(dataset_opt):

@@ -80,3 +80,18 @@ def write_pairs(photos, out_dir, scale, crop=None):
         cv2.imwrite(os.path.join(hr_dir, f'{key}.png'), hr)
         cv2.imwrite(os.path.join(lr_dir, f'{key}.png'), bicubic_lr(hr, scale))
     return hr_dir, lr_dir
+
+
+def sample_dataset(root, encoder, scale=2, crop=96, count=6):
+    """A small paired dataset with an image prompt store, for tests, benchmarks and the GPU check.
+
+    ``count`` sample photos centre-cropped to ``crop`` pixels as ``HR`` / ``LRx<scale>`` PNGs under ``root``, and
+    ``prompts_image.lmdb``: ``encoder``'s embeddings of the LR images (flipped view). Returns ``(hr, lr, store)``.
+    """
+    from pdnsr.prompts.build import build_prompt_store
+
+    photos = dict(list(sample_photos().items())[:count])
+    hr, lr = write_pairs(photos, str(root), scale=scale, crop=crop)
+    store = os.path.join(str(root), 'prompts_image.lmdb')
+    build_prompt_store('image', store, encoder, images_dir=lr, progress=False)
+    return hr, lr, store
