@@ -31,6 +31,7 @@ __all__ = [
     'load_weights',
     'make_prompt_encoder',
     'read_checkpoint',
+    'read_network_options',
     'read_rgb',
     'resolve_device',
     'super_resolve',
@@ -59,6 +60,21 @@ def build_network_from_options(opt_path):
         FileNotFoundError: no such file.
         ValueError: not YAML, no ``network_g`` section, unknown ``type`` or options the type does not take.
     """
+    opt_net = read_network_options(opt_path)
+    try:
+        check_network_options(opt_net)
+        return build_network(dict(opt_net))  # basicsr deep-copies and pops 'type'; our dict stays as read
+    except (TypeError, ValueError) as err:
+        raise ValueError(f'{opt_path}: cannot build network_g: {err}') from err
+
+
+def read_network_options(opt_path):
+    """The ``network_g`` section of a basicsr option file, as read (a mapping; not checked against the registry).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not YAML, or no ``network_g`` mapping.
+    """
     opt_path = os.fspath(opt_path)
     if not os.path.isfile(opt_path):
         raise FileNotFoundError(f'option file {opt_path} does not exist')
@@ -73,11 +89,7 @@ def build_network_from_options(opt_path):
             f'option file {opt_path} has no network_g section (a mapping with type: and the network '
             f'arguments, as in a basicsr train/test option file)'
         )
-    try:
-        check_network_options(opt_net)
-        return build_network(dict(opt_net))  # basicsr deep-copies and pops 'type'; our dict stays as read
-    except (TypeError, ValueError) as err:
-        raise ValueError(f'{opt_path}: cannot build network_g: {err}') from err
+    return opt_net
 
 
 def read_checkpoint(path, what='weights file'):
