@@ -369,3 +369,43 @@ class OnnxNetwork(torch.nn.Module):
         if ph or pw:  # reflection needs a pad smaller than the side
             lq = torch.nn.functional.pad(lq, (0, pw, 0, ph), mode='reflect' if ph < h and pw < w else 'replicate')
         return _run(self.session, lq, prompt)[..., : h * self.scale, : w * self.scale]
+
+
+def _describe_prompt(source):
+    if not source:
+        return 'a prompt'
+    if source.get('kind') == 'text':
+        return f'the text {source.get("text")!r}'
+    return f'the {source.get("kind")} {source.get("file")}'
+
+
+def network_for_cli(args):
+    """``(OnnxNetwork, torch.device('cpu'))`` for ``pdnsr-infer --onnx``, after the checks of that path.
+
+    Tensors stay on the CPU (onnxruntime reads numpy arrays); ``--device cuda`` selects onnxruntime's CUDA provider.
+
+    Raises:
+        UserError: ``--opt`` / ``--weights`` / ``--fp16`` / ``--save-attention`` with a graph, a prompt flag with a
+            baked graph, a file that is not a pdnsr graph, no CUDA provider for ``--device cuda``.
+    """
+    if args.opt or args.weights:
+        raise UserError('--onnx replaces --opt and --weights (the graph holds the network and its weights): drop them')
+    if args.fp16:
+        raise UserError('--fp16 is for the PyTorch path; export a float16 graph with pdnsr-export --half instead')
+    if args.save_attention:
+        raise UserError('--save-attention needs the PyTorch network (--opt, --weights): a graph outputs the image only')
+    providers = None
+    if args.device and torch.device(args.device).type == 'cuda':
+        ort = require('onnxruntime', 'pdnsr-infer --onnx')
+        if 'CUDAExecutionProvider' not in ort.get_available_providers():
+            raise UserError('--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)')
+        providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    net = OnnxNetwork(args.onnx, providers=providers)
+    flags = {'--prompt': args.prompt, '--prompt-image': args.prompt_image, '--captions': args.captions}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if net.graph == 'baked' and given:
+        raise UserError(
+            f'{args.onnx} is a baked graph: {_describe_prompt(net.meta.get("prompt"))} was built in at export, so it '
+            f'takes no {given[0]}; drop {given[0]}, or export a two-input graph (pdnsr-export without a prompt)'
+        )
+    return net, torch.device('cpu')
