@@ -26,14 +26,13 @@ built by basicsr's registry from ``network_g``.
 """
 
 import json
-import os
 
 import torch
 from basicsr.archs import build_network
 from torch import nn
 
 from pdnsr.errors import UserError
-from pdnsr.export import require
+from pdnsr.export import require, written_atomically
 
 spandrel = require('spandrel', 'pdnsr.spandrel')
 safetensors_torch = require('safetensors.torch', 'pdnsr.spandrel')
@@ -191,12 +190,6 @@ def save_spandrel(path, net, network_g, prompt, *, channels=3, metadata=None):
     tensors = {key: value.detach().contiguous().clone() for key, value in net.state_dict().items()}
     tensors[PROMPT_KEY] = prompt
     tensors[CONFIG_KEY] = torch.tensor(list(text.encode('utf-8')), dtype=torch.uint8)
-    path = os.fspath(path)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
+    with written_atomically(path) as tmp:
         safetensors_torch.save_file(tensors, tmp, metadata={'pdnsr': text})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return config

@@ -29,7 +29,7 @@ from basicsr.archs.swinir_arch import SwinIR
 import pdnsr
 from pdnsr.archs.dcm_arch import takes_prompt
 from pdnsr.errors import UserError
-from pdnsr.export import require
+from pdnsr.export import require, written_atomically
 from pdnsr.export.standins import ExportModule
 
 META_KEY = 'pdnsr'
@@ -238,9 +238,7 @@ def export_onnx(
         if kind == 'two-input':
             dynamic[PROMPT] = {0: 'N'}
 
-    path = os.fspath(path)
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
+    with written_atomically(path) as tmp:
         try:
             with _quiet_tracing(), torch.no_grad():
                 torch.onnx.export(
@@ -286,10 +284,6 @@ def export_onnx(
         onnx.helper.set_model_props(model, {META_KEY: json.dumps(meta)})
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return meta
 
 
