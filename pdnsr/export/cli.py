@@ -81,10 +81,13 @@ def _fixed_size(text):
 
 def run(args):
     """The command's work once arguments are parsed: checks, load, encode the prompt, write; prints one line."""
-    from pdnsr.export import model
+    from pdnsr.export import model, require
 
     fmt = _format(args)
     fixed_size = _fixed_size(args.fixed_size)
+    # The packages of the deploy extra, before minutes of loading and encoding.
+    for package in ('onnx', 'onnxruntime') if fmt == 'onnx' else ('spandrel', 'safetensors'):
+        require(package, f'pdnsr-export --format {fmt}')
     if os.path.isdir(args.output):
         raise UserError(f'--output {args.output} is a folder; give the file to write')
     net, network_g, record = model.load_for_export(args.opt, args.weights)

@@ -382,6 +382,7 @@ def network_for_cli(args):
         UserError: ``--opt`` / ``--weights`` / ``--fp16`` / ``--save-attention`` with a graph, a prompt flag with a
             baked graph, a file that is not a pdnsr graph, no CUDA provider for ``--device cuda``.
     """
+    ort = require('onnxruntime', 'pdnsr-infer --onnx')
     if args.opt or args.weights:
         raise UserError('--onnx replaces --opt and --weights (the graph holds the network and its weights): drop them')
     if args.fp16:
@@ -390,7 +391,6 @@ def network_for_cli(args):
         raise UserError('--save-attention needs the PyTorch network (--opt, --weights): a graph outputs the image only')
     providers = None
     if args.device and torch.device(args.device).type == 'cuda':
-        ort = require('onnxruntime', 'pdnsr-infer --onnx')
         if 'CUDAExecutionProvider' not in ort.get_available_providers():
             raise UserError('--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)')
         providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']
