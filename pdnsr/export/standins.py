@@ -55,8 +55,9 @@ def _with_zeta(maps, offset, zeta):
 def _patch_picker(channels, k, dtype):
     """The weight of a grouped convolution that lays out each pixel's k x k neighbourhood as channels (im2col):
     ``(channels k^2, 1, k, k)``, one-hot, so that ``conv2d(I, picker, padding=k // 2, groups=channels)`` is
-    ``(B, channels k^2, h, w)`` ordered like the flattened ``(channels, k, k)`` of a convolution weight. Measured
-    1.6x faster in onnxruntime than k^2 slices of the padded input and their concatenation (docs/deploy.md)."""
+    ``(B, channels k^2, h, w)`` ordered like the flattened ``(channels, k, k)`` of a convolution weight. onnxruntime
+    runs it faster than k^2 slices of the padded input and their concatenation (measured once: the whole default
+    EDSR+ x4 two-input graph at 128x128 took 0.90x the time, onnxruntime 1.32, 2 threads)."""
     return torch.eye(k * k, dtype=dtype).reshape(k * k, 1, k, k).repeat(channels, 1, 1, 1)
 
 
