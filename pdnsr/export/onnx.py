@@ -32,6 +32,7 @@ from pdnsr.archs.dcm_arch import takes_prompt
 from pdnsr.errors import UserError
 from pdnsr.export import require, written_atomically
 from pdnsr.export.standins import ExportModule
+from pdnsr.inference import resolve_device
 
 META_KEY = 'pdnsr'
 FORMAT = 1
@@ -391,7 +392,7 @@ def network_for_cli(args):
     if args.save_attention:
         raise UserError('--save-attention needs the PyTorch network (--opt, --weights): a graph outputs the image only')
     providers = None
-    if args.device and torch.device(args.device).type == 'cuda':
+    if args.device and resolve_device(args.device).type == 'cuda':  # a bad or unavailable name: its one line
         if 'CUDAExecutionProvider' not in ort.get_available_providers():
             raise UserError('--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)')
         providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']
