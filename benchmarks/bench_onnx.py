@@ -10,9 +10,13 @@ provider, default graph optimisations). Both use ``--threads`` threads and are t
 ``two-input stacked`` (the DCM as one convolution with the n bank kernels stacked, then the pi-weighted sum) and
 ``baked`` (one prompt folded in: plain convolutions). Each graph's output is also compared with PyTorch's.
 
-    .venv/bin/python benchmarks/bench_onnx.py [--quick] [--only edsr,rcan] [--size 128] [--reps 5]
+``--profile`` adds where onnxruntime spends its time in each graph (its profiler, by operator type).
+
+    .venv/bin/python benchmarks/bench_onnx.py [--quick] [--only edsr,rcan] [--size 128] [--reps 5] [--profile]
 """
 
+import collections
+import json
 import os
 import tempfile
 
@@ -66,11 +70,34 @@ def build(cls, kwargs, scale, prompt_dim):
     return net
 
 
+def profile(path, feeds, threads, runs=2, top=6):
+    """[(operator type, ms per run, share)] of the graph at ``path`` over ``runs`` runs, from onnxruntime's
+    profiler (its largest ``top`` operator types)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.splitext(path)[0]
+    sess = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    for _ in range(runs):
+        sess.run(None, feeds)
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    by_op = collections.Counter()
+    for event in events:
+        if event.get('cat') == 'Node' and event['name'].endswith('_kernel_time'):
+            by_op[event['args']['op_name']] += event['dur']
+    total = sum(by_op.values())
+    return [(op, us / 1e3 / runs, us / total) for op, us in by_op.most_common(top)]
+
+
 def main():
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument('--size', type=int, default=128, help='side of the LR image (default 128)')
     parser.add_argument('--scale', type=int, default=4)
     parser.add_argument('--only', default='', help='comma-separated subset of edsr,rcan')
+    parser.add_argument('--profile', action='store_true', help="onnxruntime's time by operator type, per graph")
     args = parser.parse_args()
     prompt_dim = 512
     if args.quick:
@@ -90,7 +117,7 @@ def main():
     lq = torch.rand(1, 3, args.size, args.size, generator=gen)
     prompt = torch.randn(1, prompt_dim, generator=gen)
     prompt /= prompt.norm()
-    rows = []
+    rows, profiles = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for key, label, cls, kwargs in QUICK if args.quick else NETWORKS:
             if only and key not in only:
@@ -106,6 +133,10 @@ def main():
                 given = None if baked else prompt
                 errors[graph] = float((super_resolve(onnx_net, lq, given) - want).abs().max())
                 steps[graph] = lambda onnx_net=onnx_net, given=given: super_resolve(onnx_net, lq, given)
+                if args.profile:
+                    feeds = {'image': lq.numpy(), **({} if baked else {'prompt': prompt.numpy()})}
+                    for op, ms, share in profile(path, feeds, args.threads):
+                        profiles.append([label, graph, op, f'{ms:.1f}', f'{share:.0%}'])
             res = time_interleaved(steps, device, reps=reps)
             t_torch, s_torch = res['torch']
             for graph, *_ in GRAPHS:
@@ -142,6 +173,9 @@ def main():
         ],
         rows,
     )
+    if profiles:
+        print('onnxruntime profile, mean of 2 runs (the largest operator types; share of the time in operators):\n')
+        print_table(['network', 'graph', 'operator', 'ms', 'share'], profiles)
 
 
 if __name__ == '__main__':
