@@ -165,7 +165,7 @@ def run(args):
     if args.onnx:  # an exported graph, run by onnxruntime (docs/deploy.md)
         from pdnsr.export.onnx import network_for_cli
 
-        net, device = network_for_cli(args)
+        net, device, _ = network_for_cli(args)  # the record of the exported checkpoint, as load_network's
     elif not (args.opt and args.weights):
         raise ValueError('--opt and --weights are required (or --onnx MODEL.onnx, a graph from pdnsr-export)')
     else:

@@ -93,7 +93,7 @@ class PromptBound(nn.Module):
         self.register_buffer('prompt', torch.zeros(1, prompt_dim))
 
     def forward(self, image):
-        # The same tensor for batch 1, so the DCMs' eval-time kernel cache holds across calls (tiles).
+        # The buffer itself for batch 1: a DCM kernel cache, where one is active, recognises the same tensor.
         prompt = self.prompt if image.shape[0] == 1 else self.prompt.expand(image.shape[0], -1)
         return self.net(image, prompt)
 

@@ -56,7 +56,7 @@ def test_exported_file_loads_and_equals_pdnsr(tmp_path, capsys, name):
     assert (model.scale, model.input_channels, model.output_channels, model.purpose) == (scale, 3, 3, 'SR')
     assert model.supports_half and model.supports_bfloat16  # measured below
     assert model.tiling == (spandrel.ModelTiling.DISCOURAGED if name == 'RCANPlus' else spandrel.ModelTiling.SUPPORTED)
-    net, _ = load_network(opt, weights, 'cpu')  # the paper-bank checkpoint, as pdnsr-infer runs it
+    net = load_network(opt, weights, 'cpu')[0]  # the paper-bank checkpoint, as pdnsr-infer runs it
     image = torch.rand(1, 3, 19, 14, generator=torch.Generator().manual_seed(0))
     error = float((model(image) - super_resolve(net, image, prompt)).abs().max())
     print(f'\n{name}: spandrel descriptor vs pdnsr super_resolve {error:.1e}')  # docs/deploy.md (-s)
@@ -96,7 +96,7 @@ def test_prompt_guided_file_loads_from_its_stored_options(tmp_path, capsys):
     model = spandrel.ModelLoader().load_from_file(str(path))
     assert model.architecture.id == 'pdnsr.PromptGuided' and model.scale == 4
     assert model.supports_half  # its base, RDN, is measured as RDN+
-    net, _ = load_network(opt, weights, 'cpu')
+    net = load_network(opt, weights, 'cpu')[0]
     image = torch.rand(1, 3, 9, 11)
     assert (model(image) - super_resolve(net, image, prompt)).abs().max() <= 1e-5
 
@@ -107,7 +107,7 @@ def test_half_descriptor_runs(tmp_path, capsys):
     image = torch.rand(1, 3, 13, 11)
     out = model(image.half())
     assert out.dtype == torch.float16
-    net, _ = load_network(opt, weights, 'cpu')
+    net = load_network(opt, weights, 'cpu')[0]
     assert psnr(out.float(), super_resolve(net, image, prompt)) >= 40
 
 

@@ -37,18 +37,18 @@ def to_compact(net, network_g):
 
 def load_for_export(opt_path, weights_path):
     """``(network, network_g, record)``: the network of ``opt_path`` with the weights of ``weights_path`` (strict;
-    a paper bank converted to compact, :func:`to_compact`), float32, eval, on the CPU; its ``network_g`` section as
+    a paper bank converted to compact, :func:`to_compact`), eval, on the CPU; its ``network_g`` section as
     the result needs it; the checkpoint's provenance record (``'pdnsr'`` entry; None for older checkpoints).
 
     Raises:
         FileNotFoundError, ValueError: as :func:`pdnsr.inference.load_network` (the message names the first key
             that does not fit).
     """
-    net, _ = load_network(opt_path, weights_path, torch.device('cpu'))
+    net = load_network(opt_path, weights_path, torch.device('cpu'))[0]
     network_g = dict(read_network_options(opt_path))
     record = of_checkpoint(read_checkpoint(weights_path))
     net, network_g = to_compact(net, network_g)
-    return net.float().eval(), network_g, record
+    return net.eval(), network_g, record
 
 
 def input_channels(network_g):

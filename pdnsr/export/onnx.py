@@ -226,7 +226,7 @@ def export_onnx(
     fixed_size = _fixed_size(net, fixed_size)
     if opset < 17:
         raise ValueError(f'opset must be >= 17 (LayerNormalization and the operators used), got {opset}')
-    net = copy.deepcopy(net).float().eval()  # the caller's network keeps its mode and precision
+    net = copy.deepcopy(net).eval()  # the caller's network keeps its mode
     dtype = torch.float16 if half else torch.float32
     module = ExportModule(net, prompt, dtype, form).eval()
     n, h, w = (1, *fixed_size) if fixed_size else TRACE_SHAPE
@@ -376,7 +376,9 @@ def _describe_prompt(source):
 
 
 def network_for_cli(args):
-    """``(OnnxNetwork, torch.device('cpu'))`` for ``pdnsr-infer --onnx``, after the checks of that path.
+    """``(OnnxNetwork, torch.device('cpu'), record)`` for ``pdnsr-infer --onnx``, after the checks of that path;
+    ``record`` is the provenance record of the checkpoint the graph was exported from (None if it had none), as
+    :func:`pdnsr.inference.load_network` gives it for a checkpoint.
 
     Tensors stay on the CPU (onnxruntime reads numpy arrays); ``--device cuda`` selects onnxruntime's CUDA provider.
 
@@ -404,4 +406,4 @@ def network_for_cli(args):
             f'{args.onnx} is a baked graph: {_describe_prompt(net.meta.get("prompt"))} was built in at export, so it '
             f'takes no {given[0]}; drop {given[0]}, or export a two-input graph (pdnsr-export without a prompt)'
         )
-    return net, torch.device('cpu')
+    return net, torch.device('cpu'), net.provenance
