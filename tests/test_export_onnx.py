@@ -234,6 +234,8 @@ def test_export_cli_user_errors_leave_nothing(tmp_path, capsys):
         assert line.startswith('pdnsr-export: error:') and message in line, line
     assert export_main(['--opt', opt, '--weights', weights, '-o', str(out_dir / 'x.safetensors')]) == 2
     assert 'needs its prompt' in _one_error_line(capsys.readouterr().err)
+    assert export_main(['--opt', opt, '--weights', weights, '-o', str(out_dir / 'no' / 'x.onnx')]) == 2
+    assert 'does not exist' in _one_error_line(capsys.readouterr().err)
     assert os.listdir(out_dir) == []
 
 

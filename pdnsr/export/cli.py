@@ -90,6 +90,9 @@ def run(args):
         require(package, f'pdnsr-export --format {fmt}')
     if os.path.isdir(args.output):
         raise UserError(f'--output {args.output} is a folder; give the file to write')
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise UserError(f'--output {args.output}: the folder {folder} does not exist')
     net, network_g, record = model.load_for_export(args.opt, args.weights)
     channels = model.input_channels(network_g)
     prompt, source = None, None
