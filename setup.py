@@ -23,7 +23,11 @@ setup(
         'tqdm',
         'scikit-image',
     ],
-    extras_require={'test': ['pytest>=7', 'ruff>=0.4']},
+    extras_require={
+        'test': ['pytest>=7', 'ruff>=0.4'],
+        # pdnsr-export, pdnsr-infer --onnx, pdnsr.spandrel (docs/deploy.md); imported only when used
+        'deploy': ['onnx>=1.17', 'onnxruntime>=1.20', 'spandrel>=0.4.2', 'safetensors>=0.4'],
+    },
     entry_points={
         'console_scripts': [
             'pdnsr-train=pdnsr.train:main',
@@ -31,6 +35,7 @@ setup(
             'pdnsr-infer=pdnsr.infer_cli:main',
             'pdnsr-demo=pdnsr.demo:main',
             'pdnsr-prepare=pdnsr.data.preparation.cli:main',
+            'pdnsr-export=pdnsr.export.cli:main',
         ],
     },
 )

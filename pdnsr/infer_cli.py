@@ -44,8 +44,9 @@ def build_parser(prog='pdnsr-infer'):
         description='Super-resolve images with a pdnsr network, guided by a text prompt, an image prompt or a '
         'caption file (one caption per input image).',
     )
-    parser.add_argument('--opt', required=True, help='option YAML with the network_g section (train or test file)')
-    parser.add_argument('--weights', required=True, help='checkpoint .pth (params_ema, else params)')
+    parser.add_argument('--opt', help='option YAML with the network_g section (train or test file); not with --onnx')
+    parser.add_argument('--weights', help='checkpoint .pth (params_ema, else params); not with --onnx')
+    parser.add_argument('--onnx', help='run this pdnsr-export graph with onnxruntime instead of --opt/--weights')
     parser.add_argument('--input', required=True, help='LR image file or folder of images')
     parser.add_argument('--output', required=True, help='output folder')
     group = parser.add_mutually_exclusive_group()
@@ -188,7 +189,14 @@ def run(args):
 
     Raises the user errors of :data:`pdnsr.cli.USER_ERRORS` (bad options, weights, prompt) before any image is read.
     """
-    net, device, record = load_network(args.opt, args.weights, args.device)
+    if args.onnx:  # an exported graph, run by onnxruntime (docs/deploy.md)
+        from pdnsr.export.onnx import network_for_cli
+
+        net, device, record = network_for_cli(args)  # the record of the exported checkpoint, as load_network's
+    elif not (args.opt and args.weights):
+        raise ValueError('--opt and --weights are required (or --onnx MODEL.onnx, a graph from pdnsr-export)')
+    else:
+        net, device, record = load_network(args.opt, args.weights, args.device)
     attention_dcms = _check_cli_options(args, device, net)
     inputs = _collect_inputs(args.input)
     prompt_of, missing = _prompt_source(args, net, device, list(inputs), record)

@@ -1,0 +1,119 @@
+"""What an export starts from: the trained network (compact bank), its options, its provenance and the prompt.
+
+Shared by the ONNX and the spandrel formats of ``pdnsr-export``; library code (raises, never prints).
+"""
+
+import copy
+import os
+
+import numpy as np
+import torch
+from basicsr.archs import build_network
+
+from pdnsr.archs.dcm_arch import convert_state_dict_to_compact, dcm_modules, takes_prompt
+from pdnsr.errors import UserError
+from pdnsr.inference import load_network, prompt_encoder_for, read_network_options, read_rgb
+from pdnsr.provenance import encoder_record, file_sha256
+
+PROMPT_SOURCES = ('text', 'image', 'embedding')
+
+
+def to_compact(net, network_g):
+    """``(network, network_g)`` with every DCM in the compact bank (the same function; docs/dcm.md).
+
+    A paper-bank network is rebuilt with ``dcm: {bank: compact}`` and loaded with its state dict converted by
+    :func:`pdnsr.archs.convert_state_dict_to_compact` (exact, in float64); a compact one (or a baseline) is
+    returned as it is. ``network_g`` is not modified.
+    """
+    network_g = copy.deepcopy(dict(network_g))
+    if all(m.bank == 'compact' for m in dcm_modules(net)):
+        if dcm_modules(net):  # load_network reads the bank from the checkpoint: say so in the section too
+            network_g['dcm'] = dict(network_g.get('dcm') or {}, bank='compact')
+        return net, network_g
+    state, _ = convert_state_dict_to_compact(net.state_dict())
+    network_g['dcm'] = dict(network_g.get('dcm') or {}, bank='compact')
+    compact = build_network(copy.deepcopy(network_g))
+    compact.load_state_dict(state, strict=True)
+    return compact.eval(), network_g
+
+
+def load_for_export(opt_path, weights_path):
+    """``(network, network_g, record)``: the network of ``opt_path`` with the weights of ``weights_path`` (strict;
+    a paper bank converted to compact, :func:`to_compact`), eval, on the CPU; its ``network_g`` section as
+    the result needs it; the checkpoint's provenance record (``'pdnsr'`` entry; None for older checkpoints).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`pdnsr.inference.load_network` (the message names the first key
+            that does not fit).
+    """
+    net, _, record = load_network(opt_path, weights_path, torch.device('cpu'))
+    network_g = dict(read_network_options(opt_path))
+    net, network_g = to_compact(net, network_g)
+    return net.eval(), network_g, record
+
+
+def input_channels(network_g):
+    """Image channels the network takes: ``num_in_ch`` / ``in_chans`` of the section (or of its ``base``), else 3."""
+    section = network_g.get('base') if isinstance(network_g.get('base'), dict) else network_g
+    return int(section.get('num_in_ch', section.get('in_chans', 3)))
+
+
+def encode_prompt(net, source, value, *, clip_model, clip_pretrained, view=None, record=None, force=False, warn=None):
+    """The ``(1, prompt_dim)`` float32 embedding to bake into ``net``, and a description of where it came from.
+
+    Args:
+        net (torch.nn.Module): a prompt-guided network.
+        source (str): ``'text'`` (``value`` is the caption), ``'image'`` (an image file, encoded in ``view``) or
+            ``'embedding'`` (a ``.npy`` file of shape (d,) or (1, d)).
+        clip_model, clip_pretrained (str | None): the open_clip encoder for text and image prompts; None: the one
+            the checkpoint records (:func:`pdnsr.inference.prompt_encoder_for`).
+        view (str | None): image view; None: the one the checkpoint's training prompts used, else flip.
+        record (dict | None): the checkpoint's provenance record: its prompt encoder must be the one used here
+            (``force`` turns the refusal into ``warn(message)``).
+
+    Returns:
+        tuple: ``(prompt (1, d), source)`` with ``source`` a JSON-able dict (kind, text or file name and SHA-256,
+        view, encoder record).
+
+    Raises:
+        UserError, ValueError, OSError: a baseline network, an unreadable file, a size that is not ``prompt_dim``,
+        another embedding space than the checkpoint's.
+    """
+    if source not in PROMPT_SOURCES:
+        raise ValueError(f'prompt source must be one of {list(PROMPT_SOURCES)}, got {source!r}')
+    if not takes_prompt(net):
+        raise UserError(f'{type(net).__name__} is a baseline network (no DCM): it takes no prompt to bake in')
+    if source == 'embedding':
+        return _read_embedding(value, net.prompt_dim)
+    rgb = read_rgb(value) if source == 'image' else None  # cheap errors before CLIP loads
+    encoder = prompt_encoder_for(record, net.prompt_dim, clip_model, clip_pretrained, 'cpu', force, warn)
+    view = view or ((record or {}).get('prompt_encoder') or {}).get('view') or 'flip'
+    used = encoder_record({**encoder.metadata(), 'kind': source, 'view': view if rgb is not None else None})
+    if rgb is None:
+        return encoder.encode_text([value]).float(), {'kind': 'text', 'text': value, 'encoder': used}
+    prompt = encoder.encode_images([rgb], view=view).float()
+    return prompt, {'kind': 'image', **_file_source(value), 'view': view, 'encoder': used}
+
+
+def _file_source(path):
+    return {'file': os.path.basename(os.fspath(path)), 'sha256': file_sha256(path)}
+
+
+def _read_embedding(path, prompt_dim):
+    """``(1, d)`` float32 from a ``.npy`` file of shape (d,) or (1, d)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'--prompt-embedding {path} does not exist')
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ValueError(f'--prompt-embedding {path} is not a .npy array file: {err}') from err
+    if array.ndim not in (1, 2) or array.size != prompt_dim or not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(
+            f'--prompt-embedding {path} holds a {array.dtype} array of shape {array.shape}; the network takes one '
+            f'float embedding of size prompt_dim={prompt_dim}, shape ({prompt_dim},) or (1, {prompt_dim})'
+        )
+    prompt = torch.from_numpy(np.asarray(array, dtype=np.float32).reshape(1, prompt_dim))
+    if not torch.isfinite(prompt).all():
+        raise ValueError(f'--prompt-embedding {path} holds NaN or infinite values')
+    return prompt, {'kind': 'embedding', **_file_source(path)}

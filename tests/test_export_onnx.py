@@ -1,0 +1,322 @@
+"""ONNX export: every registered network against PyTorch with onnxruntime (CPU), baked vs two-input, float16, the
+graph's operators and metadata, the verification that refuses a wrong graph, pdnsr-export and pdnsr-infer --onnx."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+from deploy_util import BASELINES, PROMPT_DIM, PROMPTED, SWIN_FIXED, build, unit_prompts, write_model
+from torch import nn
+
+from pdnsr.archs import type_takes_prompt
+from pdnsr.errors import UserError
+from pdnsr.export.cli import main as export_main
+from pdnsr.export.onnx import ExportMismatch, OnnxNetwork, export_onnx, psnr
+from pdnsr.export.standins import FORMS, ExportModule
+from pdnsr.infer_cli import main as infer_main
+from pdnsr.inference import super_resolve
+
+# (N, H, W): odd sizes, a batch of two; SwinIR's graph has one size, so its inputs pad to it (window 4).
+SIZES = [(1, 16, 16), (2, 13, 19), (1, 9, 30)]
+SWIN_SIZES = [(1, *SWIN_FIXED), (2, 21, 17), (1, 23, 19)]
+FP32 = 1e-4
+
+
+def _export(tmp_path, name, net, **kw):
+    path = str(tmp_path / f'{name}.onnx')
+    if type(net).__name__ == 'SwinIRPlus':
+        kw.setdefault('fixed_size', SWIN_FIXED)
+    return path, export_onnx(net, path, **kw)
+
+
+def _ort(path, image, prompt=None):
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    feeds = {'image': image.numpy()}
+    if prompt is not None:
+        feeds['prompt'] = prompt.numpy()
+    return torch.from_numpy(sess.run(['output'], feeds)[0])
+
+
+def _images(n, h, w, seed=0):
+    return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# stand-ins (PyTorch only)
+@pytest.mark.parametrize('name', ['EDSRPlus', 'EDSRPlus-noatt-compact', 'RCANPlus-static', 'PromptGuided'])
+def test_standins_equal_the_network(name):
+    net = build(PROMPTED[name])
+    image, prompt = _images(2, 11, 13), unit_prompts(2)
+    with torch.no_grad():
+        want = net(image, prompt)
+        for form in FORMS:
+            torch.testing.assert_close(ExportModule(net, form=form)(image, prompt), want, rtol=0, atol=1e-5)
+        baked = ExportModule(net, prompt=prompt[:1])(image)
+        torch.testing.assert_close(baked, net(image, prompt[:1].expand(2, -1)), rtol=0, atol=1e-5)
+        assert not torch.allclose(want, net(image, unit_prompts(2, seed=5)), atol=1e-3)  # the prompt matters
+
+
+def test_every_registered_prompt_network_is_covered():
+    ours = {name for name, cls in ARCH_REGISTRY if cls.__module__.startswith('pdnsr.')}
+    assert {name for name in ours if type_takes_prompt(name)} == {opt['type'] for opt in PROMPTED.values()}
+    assert {name for name in ours if not type_takes_prompt(name)} <= set(BASELINES)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# graphs against PyTorch
+def test_edsr_plus_two_input_and_baked(tmp_path):
+    """The fast loop's check: EDSR+ at three sizes, two-input vs PyTorch and baked vs two-input."""
+    net = build(PROMPTED['EDSRPlus'])
+    two, meta = _export(tmp_path, 'two', net)
+    baked_prompt = unit_prompts(1, seed=3)
+    baked, baked_meta = _export(tmp_path, 'baked', net, prompt=baked_prompt)
+    assert (meta['graph'], baked_meta['graph'], meta['scale'], meta['prompt_dim']) == ('two-input', 'baked', 2, 512)
+    for n, h, w in SIZES:
+        image = _images(n, h, w)
+        prompt = unit_prompts(n, seed=n)
+        with torch.no_grad():
+            want = net(image, prompt)
+        got = _ort(two, image, prompt)
+        assert got.shape == (n, 3, 2 * h, 2 * w)
+        assert (got - want).abs().max() <= FP32
+        same = _ort(two, image, baked_prompt.expand(n, -1).contiguous())
+        assert (_ort(baked, image) - same).abs().max() <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(PROMPTED))
+def test_every_prompt_network_two_input_and_baked(tmp_path, name):
+    net = build(PROMPTED[name])
+    two, meta = _export(tmp_path, 'two', net)
+    baked_prompt = unit_prompts(1, seed=3)
+    baked, _ = _export(tmp_path, 'baked', net, prompt=baked_prompt)
+    errors, baked_errors = [], []
+    two_net, baked_net = OnnxNetwork(two), OnnxNetwork(baked)
+    for n, h, w in SWIN_SIZES if name == 'SwinIRPlus' else SIZES:
+        image, prompt = _images(n, h, w), unit_prompts(n, seed=n)
+        with torch.no_grad():
+            want = net(image, prompt)
+        if name == 'SwinIRPlus':  # one input size: OnnxNetwork pads to it, as the network pads to the window
+            got = two_net(image, prompt)
+        else:
+            got = _ort(two, image, prompt)
+        via_baked, via_two = baked_net(image), two_net(image, baked_prompt.expand(n, -1))
+        assert got.shape == want.shape
+        errors.append(float((got - want).abs().max()))
+        baked_errors.append(float((via_baked - via_two).abs().max()))
+    # The figures of docs/deploy.md: pytest tests/test_export_onnx.py -m slow -k every_prompt -s
+    print(f'\n{name}: two-input vs PyTorch {max(errors):.1e}, baked vs two-input {max(baked_errors):.1e}')
+    assert max(errors) <= FP32, errors
+    assert max(baked_errors) <= 1e-5, baked_errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(BASELINES))
+def test_baselines_export(tmp_path, name):
+    net = build(BASELINES[name])
+    path, meta = _export(tmp_path, name, net)
+    assert meta['graph'] == 'image-only' and meta['prompt_dim'] is None
+    errors = []
+    for n, h, w in SIZES:
+        image = _images(n, h, w)
+        with torch.no_grad():
+            errors.append(float((_ort(path, image) - net(image)).abs().max()))
+    print(f'\n{name}: image-only vs PyTorch {max(errors):.1e}')
+    assert max(errors) <= FP32, errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['EDSRPlus', 'RCANPlus', 'RDNPlus', 'RRDBNetPlus', 'PromptGuided'])
+def test_fp16_graph_psnr_against_fp32_pytorch(tmp_path, name):
+    net = build(PROMPTED[name])
+    two, meta = _export(tmp_path, 'half', net, half=True)
+    baked, _ = _export(tmp_path, 'half_baked', net, half=True, prompt=unit_prompts(1, seed=3))
+    assert meta['dtype'] == 'float16'
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(two).graph.initializer)
+    image, prompt = _images(2, 13, 19), unit_prompts(2, seed=1)
+    with torch.no_grad():
+        want, want_baked = net(image, prompt), net(image, unit_prompts(1, seed=3).expand(2, -1))
+    quality = psnr(_ort(two, image, prompt), want), psnr(_ort(baked, image), want_baked)
+    print(f'\n{name}: float16 graphs vs float32 PyTorch, PSNR two-input {quality[0]:.1f} dB, baked {quality[1]:.1f} dB')
+    assert min(quality) >= 50, quality
+
+
+def test_baked_graph_is_plain_convolutions(tmp_path):
+    net = build(PROMPTED['EDSRPlus'])
+    path, _ = _export(tmp_path, 'baked', net, prompt=unit_prompts(1))
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ['image']
+    ops = {node.op_type for node in model.graph.node}
+    assert 'MatMul' not in ops and 'Gemm' not in ops and 'Softmax' not in ops  # no router, no per-sample kernels
+    # conv_first, 2 blocks of 2, each DCM's mask (1x1) and convolution of [M x; M], conv_after_body, upsample, last
+    assert sum(node.op_type == 'Conv' for node in model.graph.node) == 1 + 2 * 2 + 2 * 2 + 1 + 1 + 1
+    assert {d.domain for d in model.opset_import} <= {'', 'ai.onnx'}
+    assert min(d.version for d in model.opset_import) >= 17
+
+
+def test_metadata_records_graph_and_provenance(tmp_path, capsys):
+    record = {'format': 1, 'prompt_encoder': {'model_name': 'ViT-B-32', 'weights': 'random-seed-0', 'kind': 'text',
+                                              'view': None}, 'prompt_dim': 512}  # fmt: skip
+    opt, weights, _ = write_model(str(tmp_path), 'edsr', PROMPTED['EDSRPlus'], record=record)
+    emb = tmp_path / 'prompt.npy'
+    np.save(emb, unit_prompts(1).numpy()[0])
+    out = tmp_path / 'baked.onnx'
+    assert export_main(['--opt', opt, '--weights', weights, '-o', str(out), '--prompt-embedding', str(emb)]) == 0
+    assert 'baked ONNX graph of EDSRPlus x2' in capsys.readouterr().out
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    meta = json.loads(props['pdnsr'])
+    assert (meta['graph'], meta['scale'], meta['prompt_dim'], meta['dtype']) == ('baked', 2, 512, 'float32')
+    assert meta['checkpoint'] == record
+    assert meta['prompt']['kind'] == 'embedding' and meta['prompt']['file'] == 'prompt.npy'
+    assert len(meta['prompt']['sha256']) == 64
+    assert meta['verified']['max_abs_error'] <= FP32 and meta['verified']['shape'][0] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# refusals
+class _SizeBaking(nn.Module):
+    """Upsamples to a size computed in Python from the input's shape: the tracer keeps it as a constant."""
+
+    def forward(self, x):
+        return nn.functional.interpolate(x, size=(int(x.shape[2]) * 2, int(x.shape[3]) * 2))
+
+
+def test_a_graph_that_differs_from_pytorch_is_deleted(tmp_path):
+    path = tmp_path / 'baked_size.onnx'
+    with pytest.raises(ExportMismatch, match='2x3x19x27'):
+        export_onnx(_SizeBaking(), path)
+    assert os.listdir(tmp_path) == []
+    # At one fixed size the same module is right.
+    export_onnx(_SizeBaking(), path, fixed_size=(5, 7))
+    assert os.listdir(tmp_path) == ['baked_size.onnx']
+
+
+def test_swinir_needs_a_fixed_size_and_float32(tmp_path):
+    net = build(PROMPTED['SwinIRPlus'])
+    with pytest.raises(UserError, match='dynamic input size.*--fixed-size'):
+        export_onnx(net, tmp_path / 's.onnx')
+    with pytest.raises(UserError, match='cannot be traced in float16'):
+        export_onnx(net, tmp_path / 's.onnx', fixed_size=(21, 19), half=True)
+    assert os.listdir(tmp_path) == []
+
+
+def _one_error_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_export_cli_user_errors_leave_nothing(tmp_path, capsys):
+    opt, weights, _ = write_model(str(tmp_path), 'edsr', PROMPTED['EDSRPlus'])
+    bad_type = tmp_path / 'bad.yml'
+    bad_type.write_text('network_g:\n  type: NoSuchNet\n  num_feat: 8\n')
+    state = torch.load(weights)['params']
+    del state['dcms.1.proj.bias']
+    missing = tmp_path / 'missing.pth'
+    torch.save({'params': state}, missing)
+    out_dir = tmp_path / 'out'
+    out_dir.mkdir()
+    cases = [
+        (['--opt', str(bad_type), '--weights', weights], "'NoSuchNet' is not a registered network"),
+        (['--opt', opt, '--weights', str(missing)], "missing key 'dcms.1.proj.bias'"),
+        (['--opt', opt, '--weights', weights, '--fixed-size', '12'], 'HxW'),
+    ]
+    for args, message in cases:
+        assert export_main([*args, '-o', str(out_dir / 'x.onnx')]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.startswith('pdnsr-export: error:') and message in line, line
+    assert export_main(['--opt', opt, '--weights', weights, '-o', str(out_dir / 'x.safetensors')]) == 2
+    assert 'needs its prompt' in _one_error_line(capsys.readouterr().err)
+    assert export_main(['--opt', opt, '--weights', weights, '-o', str(out_dir / 'no' / 'x.onnx')]) == 2
+    assert 'does not exist' in _one_error_line(capsys.readouterr().err)
+    assert os.listdir(out_dir) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pdnsr-infer --onnx
+def _write_inputs(folder):
+    folder.mkdir()
+    gen = np.random.default_rng(0)
+    for name, (h, w) in {'a': (21, 17), 'b': (30, 25)}.items():
+        cv2.imwrite(str(folder / f'{name}.png'), gen.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _pngs(folder):
+    return {name: cv2.imread(str(folder / name)) for name in sorted(os.listdir(folder))}
+
+
+@pytest.mark.slow
+def test_infer_onnx_equals_pytorch_path_with_tiles(tmp_path, capsys):
+    opt, weights, _ = write_model(str(tmp_path), 'edsr', PROMPTED['EDSRPlus'])
+    emb = tmp_path / 'p.npy'
+    np.save(emb, unit_prompts(1).numpy())
+    two, baked = tmp_path / 'two.onnx', tmp_path / 'baked.onnx'
+    assert export_main(['--opt', opt, '--weights', weights, '-o', str(two)]) == 0
+    assert export_main(['--opt', opt, '--weights', weights, '-o', str(baked), '--prompt-embedding', str(emb)]) == 0
+    _write_inputs(tmp_path / 'in')
+    common = ['--input', str(tmp_path / 'in'), '--tile', '8', '--tile-pad', '4']
+    assert infer_main(['--opt', opt, '--weights', weights, *common, '--output', str(tmp_path / 'torch')]) == 0
+    assert infer_main(['--onnx', str(two), *common, '--output', str(tmp_path / 'two')]) == 0  # zero prompt
+    assert infer_main(['--onnx', str(baked), *common, '--output', str(tmp_path / 'baked')]) == 0
+    capsys.readouterr()
+    torch_out, two_out, baked_out = _pngs(tmp_path / 'torch'), _pngs(tmp_path / 'two'), _pngs(tmp_path / 'baked')
+    assert list(torch_out) == ['a_pdnsr.png', 'b_pdnsr.png'] and torch_out.keys() == two_out.keys()
+    for name in torch_out:  # 8-bit outputs of the same function (a float rounding may flip one level)
+        assert np.abs(torch_out[name].astype(int) - two_out[name]).max() <= 1
+        assert not np.array_equal(torch_out[name], baked_out[name])  # the baked prompt is not the zero prompt
+    # The baked graph equals the PyTorch network with that prompt, tiles and all.
+    net = OnnxNetwork(baked)
+    image = _images(1, 21, 17)
+    torch_net = build(PROMPTED['EDSRPlus'])
+    want = super_resolve(torch_net, image, unit_prompts(1), tile=8, tile_pad=4)
+    assert (super_resolve(net, image, None, tile=8, tile_pad=4) - want).abs().max() <= FP32
+
+
+def test_infer_onnx_refusals_one_line(tmp_path, capsys):
+    net = build(PROMPTED['EDSRPlus'])
+    baked = tmp_path / 'baked.onnx'
+    export_onnx(net, baked, prompt=unit_prompts(1), metadata={'prompt': {'kind': 'text', 'text': 'a zebra'}})
+    other = tmp_path / 'other.onnx'
+    node = onnx.helper.make_node('Identity', ['image'], ['output'])
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([node], 'g', [value('image', 1, None)], [value('output', 1, None)])
+    onnx.save(onnx.helper.make_model(graph), other)
+    _write_inputs(tmp_path / 'in')
+    out = tmp_path / 'out'
+    cases = [
+        (['--onnx', str(baked), '--prompt', 'a cat'], "baked graph: the text 'a zebra' was built in"),
+        (['--onnx', str(baked), '--captions', 'c.json'], 'takes no --captions'),
+        (['--onnx', str(other)], "not a pdnsr graph (its metadata has no 'pdnsr' entry)"),
+        (['--onnx', str(tmp_path / 'in' / 'a.png')], 'cannot load ONNX file'),
+        (['--onnx', str(baked), '--save-attention'], '--save-attention needs the PyTorch network'),
+        (['--onnx', str(baked), '--device', 'gpu0'], "--device 'gpu0' is not a device name"),
+        ([], '--opt and --weights are required (or --onnx'),
+    ]
+    for args, message in cases:
+        assert infer_main([*args, '--input', str(tmp_path / 'in'), '--output', str(out)]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.startswith('pdnsr-infer: error:') and message in line, line
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_export_cli_text_prompt_with_clip(tmp_path, capsys, clip_encoder):
+    """--prompt encodes with open_clip (random weights here: none can be downloaded) once, at export."""
+    opt, weights, net = write_model(str(tmp_path), 'rcan', PROMPTED['RCANPlus'])
+    out = tmp_path / 'rcan.onnx'
+    args = ['--opt', opt, '--weights', weights, '-o', str(out), '--prompt', 'a zebra', '--clip-pretrained', 'none']
+    assert export_main(args) == 0
+    prompt = clip_encoder.encode_text(['a zebra'])  # the same seed, so the same random weights
+    image = _images(1, 14, 11)
+    with torch.no_grad():
+        assert (_ort(str(out), image) - net(image, prompt)).abs().max() <= FP32
+    meta = OnnxNetwork(out).meta
+    assert meta['prompt']['text'] == 'a zebra' and meta['prompt']['encoder']['weights'] == 'random-seed-0'
+    assert PROMPT_DIM == prompt.shape[1]
