@@ -20,17 +20,7 @@ import json
 import os
 import tempfile
 
-from common import (
-    make_parser,
-    min_ratio,
-    paired_ratio,
-    print_header,
-    print_table,
-    setup,
-    spread,
-    time_interleaved,
-    verdict,
-)
+import common
 
 # isort: split
 import torch
@@ -93,7 +83,7 @@ def profile(path, feeds, threads, runs=2, top=6):
 
 
 def main():
-    parser = make_parser(__doc__.splitlines()[0])
+    parser = common.make_parser(__doc__.splitlines()[0])
     parser.add_argument('--size', type=int, default=128, help='side of the LR image (default 128)')
     parser.add_argument('--scale', type=int, default=4)
     parser.add_argument('--only', default='', help='comma-separated subset of edsr,rcan')
@@ -103,12 +93,12 @@ def main():
     if args.quick:
         args.size, prompt_dim = 16, 16
     reps = args.reps or (1 if args.quick else 5)
-    device = setup(args)
+    device = common.setup(args)
     if device.type != 'cpu':
         parser.error('bench_onnx measures the CPU (onnxruntime CPU provider); use --device cpu')
     only = set(filter(None, args.only.split(',')))
 
-    print_header(
+    common.print_header(
         device,
         f'onnxruntime ÷ PyTorch inference, batch 1, {args.size}x{args.size} LR, x{args.scale}, prompt_dim '
         f'{prompt_dim}, {reps} interleaved rounds',
@@ -137,28 +127,28 @@ def main():
                     feeds = {'image': lq.numpy(), **({} if baked else {'prompt': prompt.numpy()})}
                     for op, ms, share in profile(path, feeds, args.threads):
                         profiles.append([label, graph, op, f'{ms:.1f}', f'{share:.0%}'])
-            res = time_interleaved(steps, device, reps=reps)
+            res = common.time_interleaved(steps, device, reps=reps)
             t_torch, s_torch = res['torch']
             for graph, *_ in GRAPHS:
                 t_ort, s_ort = res[graph]
-                ratio = paired_ratio(s_ort, s_torch)
+                ratio = common.paired_ratio(s_ort, s_torch)
                 rows.append(
                     [
                         label,
                         graph,
                         f'{t_torch * 1e3:.0f}',
                         f'{t_ort * 1e3:.0f}',
-                        spread(s_torch),
-                        spread(s_ort),
+                        common.spread(s_torch),
+                        common.spread(s_ort),
                         f'{ratio:.3f}',
-                        f'{min_ratio(s_ort, s_torch):.3f}',
+                        f'{common.min_ratio(s_ort, s_torch):.3f}',
                         f'{errors[graph]:.1e}',
-                        verdict(ratio, TARGET, quick=args.quick),
+                        common.verdict(ratio, TARGET, quick=args.quick),
                     ]
                 )
             print(f'  measured {label}', flush=True)
     print()
-    print_table(
+    common.print_table(
         [
             'network',
             'graph',
@@ -175,7 +165,7 @@ def main():
     )
     if profiles:
         print('onnxruntime profile, mean of 2 runs (the largest operator types; share of the time in operators):\n')
-        print_table(['network', 'graph', 'operator', 'ms', 'share'], profiles)
+        common.print_table(['network', 'graph', 'operator', 'ms', 'share'], profiles)
 
 
 if __name__ == '__main__':

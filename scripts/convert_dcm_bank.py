@@ -12,14 +12,11 @@ with the new bank. The output is written to a temporary name, then renamed.
 
 import argparse
 import copy
-import os
 import sys
 
-try:
-    import pdnsr  # noqa: F401  (applies the basicsr compatibility patches)
-except ImportError:  # run from a checkout that was not pip-installed
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import pdnsr  # noqa: F401
+import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
+
+# isort: split
 
 from pdnsr import provenance  # noqa: E402
 from pdnsr.archs.dcm_arch import convert_state_dict_to_compact  # noqa: E402

@@ -11,14 +11,11 @@ See docs/inference.md for every option.
 import os
 import sys
 
-try:
-    import pdnsr  # noqa: F401  (applies the basicsr compatibility patches)
-except ImportError:
-    # Run from a checkout that was not pip-installed.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import pdnsr  # noqa: F401
+import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
 
-from pdnsr.infer_cli import main  # noqa: E402
+# isort: split
+
+from pdnsr.infer_cli import main
 
 if __name__ == '__main__':
     sys.exit(main(prog=os.path.basename(sys.argv[0])))

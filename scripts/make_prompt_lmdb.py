@@ -15,12 +15,9 @@ import argparse
 import os
 import sys
 
-try:
-    import pdnsr  # noqa: F401  (applies the basicsr compatibility patches)
-except ImportError:
-    # Run as `python scripts/make_prompt_lmdb.py` from a checkout that was not pip-installed.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import pdnsr  # noqa: F401
+import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
+
+# isort: split
 
 from pdnsr.cli import add_clip_arguments, add_view_argument, run_main  # noqa: E402
 from pdnsr.prompts.build import KINDS, build_prompt_store  # noqa: E402

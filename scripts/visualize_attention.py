@@ -15,12 +15,9 @@ import argparse
 import os
 import sys
 
-try:
-    import pdnsr  # noqa: F401  (applies the basicsr compatibility patches)
-except ImportError:
-    # Run from a checkout that was not pip-installed.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import pdnsr  # noqa: F401
+import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
+
+# isort: split
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -55,6 +55,19 @@ def paired_data(tmp_path_factory, clip_encoder):
     }
 
 
+def load_script(name):
+    """``scripts/<name>.py`` loaded as a module (the scripts import their folder's ``_checkout`` helper)."""
+    import importlib.util
+    import sys
+
+    if str(REPO_ROOT / 'scripts') not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT / 'scripts'))
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'scripts' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def torchrun_weights(opt, tmp_path, port, nproc=2):
     """Train ``opt`` through basicsr's pipeline in ``nproc`` gloo processes (``torchrun``); every rank dumps its
     final weights (``tests/ddp_train_and_dump.py``). Returns the list of state dicts, rank 0 first."""

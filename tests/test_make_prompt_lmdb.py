@@ -5,7 +5,6 @@ none``; seeded, so every process builds the same model), real LMDB, and tiny PNG
 """
 
 import copy
-import importlib.util
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_script
 from pdnsr.data.prompt_store import PromptStore, partial_path
 from pdnsr.prompts.build import build_prompt_store, load_captions
 
@@ -28,10 +28,7 @@ SCRIPT = REPO_ROOT / 'scripts' / 'make_prompt_lmdb.py'
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location('make_prompt_lmdb', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('make_prompt_lmdb')
 
 
 @pytest.fixture(scope='module')

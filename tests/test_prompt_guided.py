@@ -236,15 +236,14 @@ def _meet_around_first_dcm(net, parties):
     return [module.register_forward_pre_hook(wait), module.register_forward_hook(wait)]  # after the DCM's hook
 
 
-def _two_threads_at_once(net, calls):
-    """``net(*calls[i])`` in thread i, both inside the network together (no grad); returns (outputs, errors)."""
+def _in_two_threads(net, callables):
+    """Run ``callables[i]()`` in thread i, both inside ``net``'s forward together; returns (outputs, errors)."""
     handles = _meet_around_first_dcm(net, 2)
     results, errors = {}, []
 
     def run(i):
         try:
-            with torch.no_grad():
-                results[i] = net(*calls[i])
+            results[i] = callables[i]()
         except Exception as e:  # noqa: BLE001 - reported by the caller
             errors.append(e)
 
@@ -256,6 +255,16 @@ def _two_threads_at_once(net, calls):
     for h in handles:
         h.remove()
     return results, errors
+
+
+def _two_threads_at_once(net, calls):
+    """``net(*calls[i])`` in thread i, both inside the network together (no grad); returns (outputs, errors)."""
+
+    def call(i):
+        with torch.no_grad():
+            return net(*calls[i])
+
+    return _in_two_threads(net, [lambda i=i: call(i) for i in range(2)])
 
 
 @pytest.mark.parametrize('name', CASES)
@@ -334,19 +343,9 @@ def test_dataparallel_replicas_in_threads_use_their_own_dcms_and_prompts(name):
                 for q in d.parameters():
                     q.add_(offset)
             expected.append(ref(x, p))
-    handles = _meet_around_first_dcm(net, 2)  # the hook dicts are shared: the replicas wait too
-    results = {}
-
-    def run(i):
-        results[i] = replicas[i](*calls[i])
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for h in handles:
-        h.remove()
+    # The hook dicts are shared: the replicas wait at the original's barrier too.
+    results, errors = _in_two_threads(net, [lambda i=i: replicas[i](*calls[i]) for i in range(2)])
+    assert not errors, errors
     for i in range(2):
         torch.testing.assert_close(results[i], expected[i], rtol=1e-6, atol=1e-6)
     # gradients flow back from both replicas to the original's parameters, DCMs included

@@ -1,12 +1,12 @@
 """scripts/visualize_attention.py: one image, several prompts -> a readable PNG figure."""
 
-import importlib.util
 import os
 
 import cv2
 import pytest
 import torch
 
+from conftest import load_script
 from pdnsr import inference
 from pdnsr import options as opts
 from pdnsr.inference import build_network_from_options
@@ -16,12 +16,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def script():
-    spec = importlib.util.spec_from_file_location(
-        'visualize_attention', os.path.join(REPO_ROOT, 'scripts', 'visualize_attention.py')
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('visualize_attention')
 
 
 @pytest.fixture

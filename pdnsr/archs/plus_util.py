@@ -17,6 +17,16 @@ DCM_OPTIONS = {
 }
 
 
+def plus_signature(base_cls):
+    """The constructor signature of a "+" network that takes ``base_cls``'s arguments (passed through ``*args,
+    **kwargs``) plus ``prompt_dim`` and ``dcm``: what ``inspect`` reports, so option checks see every valid name."""
+    params = [p for p in inspect.signature(base_cls.__init__).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    extra = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in (('prompt_dim', 512), ('dcm', None))
+    ]
+    return inspect.signature(base_cls.__init__).replace(parameters=params + extra)
+
+
 def check_scale(upscale, network):
     """Raise ValueError for an upscale factor the networks do not support."""
     if upscale not in SUPPORTED_SCALES:

@@ -44,7 +44,7 @@ from torch import nn
 
 from pdnsr.archs.dcm_arch import DynamicCorrelationModule
 from pdnsr.archs.network_options import network_parameters
-from pdnsr.archs.plus_util import make_dcms
+from pdnsr.archs.plus_util import make_dcms, plus_signature
 
 # The prompt-guided forward in progress in this thread (or asyncio task), or None outside any.
 _ACTIVE_CALL = contextvars.ContextVar('pdnsr_prompt_guided_call', default=None)
@@ -392,10 +392,4 @@ class SwinIRPlus(PromptGuidedMixin, SwinIR):
         return self._padded_forward(x, prompt, self.window_size, self.upscale)
 
     # What inspect (option checks, pdnsr.options) reports: SwinIR's own named arguments, then prompt_dim and dcm.
-    __init__.__signature__ = inspect.signature(SwinIR.__init__).replace(
-        parameters=[
-            *(p for p in inspect.signature(SwinIR.__init__).parameters.values() if p.kind is not p.VAR_KEYWORD),
-            inspect.Parameter('prompt_dim', inspect.Parameter.KEYWORD_ONLY, default=512),
-            inspect.Parameter('dcm', inspect.Parameter.KEYWORD_ONLY, default=None),
-        ]
-    )
+    __init__.__signature__ = plus_signature(SwinIR)

@@ -18,15 +18,9 @@ def dcm_positions(num_block, num_dcm):
 
 @ARCH_REGISTRY.register()
 class RCANPlus(PromptedHeadTailMixin, RCAN):
-    """RCAN (Zhang et al. 2018) guided by a prompt embedding.
-
-    Takes basicsr's ``RCAN`` arguments (same parameter names, so an RCAN checkpoint loads with only ``dcms.*``
-    missing) plus:
-
-    Args:
-        prompt_dim (int): size of the prompt embedding. Default 512 (CLIP ViT-B/32).
-        num_dcm_per_group (int): DCMs in each residual group, at equal intervals. Default 3 (the paper's).
-        dcm (dict | None): options of every DCM, as for ``EDSRPlus``.
+    """RCAN (Zhang et al. 2018) with ``num_dcm_per_group`` DCMs (default 3, the paper's) at equal intervals in each
+    residual group; basicsr's ``RCAN`` arguments, ``prompt_dim`` and ``dcm`` as for :class:`EDSRPlus` (a basicsr RCAN
+    checkpoint loads with only ``dcms.*`` missing).
 
     ``forward(x, prompt)``: x (B, num_in_ch, h, w), prompt (B, prompt_dim) or None.
     """

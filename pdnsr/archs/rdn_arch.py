@@ -11,7 +11,7 @@ from basicsr.archs.arch_util import Upsample
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from pdnsr.archs.plus_util import check_scale, make_dcms, mean_as_buffer
+from pdnsr.archs.plus_util import check_scale, make_dcms, mean_as_buffer, plus_signature
 
 
 class DenseLayer(nn.Module):
@@ -104,33 +104,12 @@ class RDNPlus(RDN):
     ``forward(x, prompt)``: prompt (B, prompt_dim) or None.
     """
 
-    def __init__(
-        self,
-        num_in_ch=3,
-        num_out_ch=3,
-        num_feat=64,
-        num_block=16,
-        num_layer=8,
-        growth=64,
-        upscale=4,
-        img_range=255.0,
-        rgb_mean=(0.4488, 0.4371, 0.4040),
-        prompt_dim=512,
-        dcm=None,
-    ):
-        super().__init__(
-            num_in_ch,
-            num_out_ch,
-            num_feat=num_feat,
-            num_block=num_block,
-            num_layer=num_layer,
-            growth=growth,
-            upscale=upscale,
-            img_range=img_range,
-            rgb_mean=rgb_mean,
-        )
+    def __init__(self, *args, prompt_dim=512, dcm=None, **kwargs):
+        super().__init__(*args, **kwargs)
         self.prompt_dim = prompt_dim
-        self.dcms = make_dcms(num_block, num_feat, prompt_dim, dcm, 'RDNPlus')
+        self.dcms = make_dcms(len(self.rdbs), self.sfe2.out_channels, prompt_dim, dcm, 'RDNPlus')
+
+    __init__.__signature__ = plus_signature(RDN)
 
     def after_block(self, index, x, prompt):
         return x + self.dcms[index](x, prompt)

@@ -126,12 +126,9 @@ class PromptStore:
     def __init__(self, path, expected_dim=None):
         self._path = os.fspath(path)
         self._expected_dim = None if expected_dim is None else int(expected_dim)
-        self._env = None
-        self._txn = None
-        self._shared = None
-        self._pid = None
-        self._meta = None
-        self._keys = None
+        # The LMDB handle of this process (shared with other readers of the store), its transaction, the pid that
+        # opened it, the metadata and the key list: all opened on first use.
+        self._env = self._txn = self._shared = self._pid = self._meta = self._keys = None
 
     # ------------------------------------------------------------------ opening
     def _open(self):

@@ -46,12 +46,10 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
         self.stores_record = check_run_options(opt)
         train_set = (opt.get('datasets') or {}).get('train') or {}
         self.speed = SpeedOptions.from_opt(opt.get('train'), train_set.get('batch_size_per_gpu'))
-        self.prompt = None
-        self.temperature_schedule = None
-        self.current_temperature = None
-        self._num_iter_per_epoch = None
-        self._val_context = None
-        self.scaler = None
+        # The batch's prompts, the temperature schedule and its current value, the fp16 GradScaler, what the
+        # running validation is about: set as training and validation go.
+        self.prompt = self.temperature_schedule = self.current_temperature = self.scaler = None
+        self._num_iter_per_epoch = self._val_context = None
         super().__init__(opt)
         self.prompt_dim = getattr(self.get_bare_model(self.net_g), 'prompt_dim', None)
         self._train_net = self.net_g

@@ -78,7 +78,7 @@ class SpeedOptions:
         """'bf16 autocast, channels_last, compiled, 4 micro-batches' (or 'float32, eager')."""
         parts = [f'{self.amp} autocast' if self.amp else 'float32']
         parts += ['channels_last'] if self.channels_last else []
-        parts += [f'compiled {self.compile}' if self.compile else 'eager']
+        parts += [f'compiled {self.compile}' if self.compile is not None else 'eager']
         parts += [f'{self.accumulate} micro-batches per step'] if self.accumulate > 1 else []
         return ', '.join(parts)
 

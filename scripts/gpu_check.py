@@ -1,0 +1,192 @@
+"""Check a GPU machine in one command: training, mixed precision, compile, tiled fp16 inference, torchrun, benchmarks.
+
+    .venv/bin/python scripts/gpu_check.py                      # on the first CUDA device; about 5 minutes
+    .venv/bin/python scripts/gpu_check.py --device cpu --quick # the same steps on the CPU (what CI runs)
+
+On a small real dataset (scikit-image's photos, an image prompt store from the random-weight CLIP) it runs:
+
+1. ``pdnsr/train.py`` of EDSR+ and RCAN+ in float32, bf16 and fp16 autocast, bf16 + channels_last and compiled
+   bf16 + channels_last (``train:`` options of pdnsr.models.train_options), each with a validation at the end;
+2. ``pdnsr-infer`` of the EDSR+ float32 model, whole and tiled with ``--fp16`` (on the CPU: float32 tiles), and
+   the PSNR between the two;
+3. ``torchrun --nproc_per_node=<GPUs>`` (NCCL; gloo with 2 processes on the CPU) with validation during and after
+   training, the settings of the shipped recipes (ema_decay 0);
+4. ``benchmarks/bench_networks.py`` and ``benchmarks/bench_dcm.py`` on the device.
+
+It writes one markdown report (``--report``, default ``gpu_check.md``) that names the device, and exits 1 if any
+step failed.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
+
+# isort: split
+
+import cv2  # noqa: E402
+import torch  # noqa: E402
+from basicsr.metrics import calculate_psnr  # noqa: E402
+
+from pdnsr import options as opts  # noqa: E402
+from pdnsr.experiments.runs import run_pipeline, train_all, weights_path  # noqa: E402
+from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
+from pdnsr.utils.sample_data import sample_dataset  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NETWORKS = {'EDSRPlus': dict(num_feat=64, num_block=8), 'RCANPlus': dict(num_group=2, num_block=8, num_feat=64)}
+TINY = {'EDSRPlus': dict(num_feat=16, num_block=1), 'RCANPlus': dict(num_group=1, num_block=2, num_feat=16)}
+SPEEDS = {
+    'fp32': {},
+    'bf16': dict(amp='bf16'),
+    'fp16': dict(amp='fp16'),
+    'bf16+cl': dict(amp='bf16', channels_last=True),
+    'bf16+cl+compile': dict(amp='bf16', channels_last=True, compile=True),
+}
+_LOG = re.compile(r'iter:\s*([\d,]+).*?time \(data\): ([\d.]+).*?l_pix: ([-+0-9.e]+)')
+
+
+def run_options(name, net_type, data, args, speed):
+    network_g = opts.network(net_type, 2, **(TINY if args.quick else NETWORKS)[net_type])
+    train_set = opts.train_dataset('check', data[0], data[1], 64 if not args.quick else 32, args.batch, data[2], True)
+    train_set['dataset_enlarge_ratio'] = 100
+    val = {'val': opts.dataset('checkval', data[0], data[1], data[2], prompted=True)}
+    gpus = torch.cuda.device_count() if args.device == 'cuda' else 0
+    opt = opts.train_options(name, network_g, train_set, 2, args.iters, 2e-4, val_sets=val, num_gpu=min(gpus, 1),
+                             print_freq=max(1, args.iters // 4))  # fmt: skip
+    opt['train'].update(speed)
+    return opt
+
+
+def summary(log_path):
+    """(seconds per iteration of the last logged line, last loss, validation PSNR) from a basicsr training log."""
+    with open(log_path, encoding='utf-8') as f:
+        text = f.read()
+    steps = _LOG.findall(text)
+    psnr = re.findall(r'# psnr: ([\d.]+)', text)
+    return (float(steps[-1][1]), float(steps[-1][2])) if steps else (None, None), (float(psnr[-1]) if psnr else None)
+
+
+def check_training(root, data, args, report):
+    report.append('## 1. Training: `pdnsr/train.py`, each speed option\n')
+    opts_by_name = {f'{net}_{label}': run_options(f'{net}_{label}', net, data, args, speed)
+                    for net in NETWORKS for label, speed in SPEEDS.items()}  # fmt: skip
+    rows, failed = [], []
+    seconds = {}
+    try:
+        train_all(list(opts_by_name.values()), root, jobs=2, on_done=lambda name, s: seconds.__setitem__(name, s))
+    except Exception as err:  # noqa: BLE001  (the report says which runs failed; the others are still reported)
+        failed.append(str(err).splitlines()[0])
+    for name in opts_by_name:
+        (step, loss), psnr = summary(os.path.join(root, f'{name}_train.log'))
+        ok = os.path.exists(weights_path(root, name)) and loss is not None and loss == loss  # not NaN
+        rows.append([name, 'ok' if ok else 'FAILED', f'{seconds.get(name, 0):.0f}', step and f'{step * 1e3:.0f}',
+                     loss and f'{loss:.4f}', psnr and f'{psnr:.2f}'])  # fmt: skip
+        failed += [] if ok else [name]
+    report.append(table(['run', 'status', 'wall s', 'ms / iteration', 'last loss', 'val PSNR'], rows))
+    return failed
+
+
+def check_inference(root, data, args, report):
+    report.append('## 2. Inference: `pdnsr-infer`, whole and tiled fp16\n')
+    opt_path = os.path.join(root, 'EDSRPlus_fp32_train.yml')
+    out = {}
+    for label, extra in (
+        ('whole', []),
+        ('tiled', ['--tile', '16', '--tile-pad', '8'] + (['--fp16'] if args.device == 'cuda' else [])),
+    ):
+        command = [sys.executable, os.path.join(REPO_ROOT, 'scripts', 'inference_pdnsr.py'), '--opt', opt_path,
+                   '--weights', weights_path(root, 'EDSRPlus_fp32'), '--input', data[1], '--output',
+                   os.path.join(root, f'infer_{label}'), '--prompt-image', 'self', '--device', args.device, *extra]  # fmt: skip
+        proc = subprocess.run(command, capture_output=True, text=True)
+        out[label] = proc.returncode
+        if proc.returncode:
+            report.append(f'`{label}` FAILED (exit {proc.returncode}): `{proc.stderr.strip().splitlines()[-1]}`\n')
+    if any(out.values()):
+        return ['inference']
+    names = sorted(os.listdir(os.path.join(root, 'infer_whole')))
+    psnrs = [calculate_psnr(cv2.imread(os.path.join(root, 'infer_whole', n)), cv2.imread(os.path.join(root, 'infer_tiled', n)), 0) for n in names]  # fmt: skip
+    precision = 'fp16 autocast' if args.device == 'cuda' else 'float32 (fp16 inference is CUDA only)'
+    report.append(f'{len(names)} images; tiled ({precision}, tile 16, pad 8) against whole float32: PSNR '
+                  f'{min(psnrs):.1f}–{max(psnrs):.1f} dB\n')  # fmt: skip
+    return []
+
+
+def check_torchrun(root, data, args, report):
+    nproc = max(1, torch.cuda.device_count()) if args.device == 'cuda' else 2
+    report.append(f'## 3. `torchrun --nproc_per_node={nproc}` ({"NCCL" if args.device == "cuda" else "gloo"}), '
+                  'validation during and after training, ema_decay 0\n')  # fmt: skip
+    opt = run_options('ddp', 'EDSRPlus', data, args, {})
+    opt['val'].update(val_freq=max(1, args.iters // 2), save_attention=[0, -1], save_img=True)
+    if args.device == 'cuda':
+        opt['num_gpu'] = nproc
+    result = run_pipeline(opt, root, 'train', nproc=nproc, port=29650, timeout=600)
+    with open(result.log_path, encoding='utf-8') as f:
+        validations = f.read().count('Validation checkval')
+    report.append(f'exit {result.returncode} in {result.seconds:.0f} s, {validations} validations\n')
+    return [] if result.returncode == 0 and validations >= 2 else ['torchrun']
+
+
+def check_benchmarks(args, report):
+    report.append('## 4. Benchmarks on the device\n')
+    failed = []
+    for script in ('bench_networks.py', 'bench_dcm.py'):
+        command = [sys.executable, os.path.join(REPO_ROOT, 'benchmarks', script), '--device', args.device]
+        command += ['--quick'] if args.quick else ['--reps', '3']
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+        report.append(
+            proc.stdout if proc.returncode == 0 else f'`{script}` FAILED:\n\n```\n{proc.stderr[-2000:]}\n```\n'
+        )
+        failed += [script] if proc.returncode else []
+    return failed
+
+
+def table(headers, rows):
+    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+    return (
+        '\n'.join(lines + ['| ' + ' | '.join('' if v is None else str(v) for v in row) + ' |' for row in rows]) + '\n'
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', choices=('cuda', 'cpu'), default='cuda')
+    parser.add_argument('--quick', action='store_true', help='tiny networks and a few iterations (CI on the CPU)')
+    parser.add_argument('--report', default='gpu_check.md', help='markdown report (default gpu_check.md)')
+    parser.add_argument('--workdir', default=None, help='where runs go (default a temporary folder)')
+    args = parser.parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        print('gpu_check.py: error: --device cuda: no CUDA device here; use --device cpu', file=sys.stderr)
+        return 2
+    args.iters, args.batch = (4, 2) if args.quick else (200, 16)
+    start = time.time()
+    device = torch.cuda.get_device_name(0) if args.device == 'cuda' else f'CPU ({os.cpu_count()} cores)'
+    report = [f'# pdnsr GPU check: {device}\n', f'torch {torch.__version__}, CUDA {torch.version.cuda}, '
+              f'{time.strftime("%Y-%m-%d %H:%M")}, `{" ".join(["scripts/gpu_check.py", *(argv or sys.argv[1:])])}`\n']  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.workdir or tmp
+        os.makedirs(root, exist_ok=True)
+        encoder = PromptEncoder('ViT-B-32', pretrained='none', device=args.device)
+        data = sample_dataset(os.path.join(root, 'data'), encoder, scale=2, crop=128 if not args.quick else 64)
+        del encoder
+        failed = check_training(root, data, args, report)
+        failed += check_inference(root, data, args, report) if 'EDSRPlus_fp32' not in failed else ['inference']
+        failed += check_torchrun(root, data, args, report)
+        failed += check_benchmarks(args, report)
+    report.append(
+        f'\n**{"FAILED: " + ", ".join(failed) if failed else "all steps passed"}** in {time.time() - start:.0f} s.\n'
+    )
+    with open(f'{args.report}.tmp', 'w', encoding='utf-8') as f:
+        f.write('\n'.join(report))
+    os.replace(f'{args.report}.tmp', args.report)
+    print('\n'.join(report))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
