@@ -104,7 +104,7 @@ def run_pipeline(
     log_path = os.path.join(root, f'{opt["name"]}_{label}.log')
     tail = deque(maxlen=40)
     start = time.time()
-    with open(log_path, 'w', encoding='utf-8') as log:
+    with open(log_path, 'w', encoding='utf-8', buffering=1) as log:  # line-buffered: readable while it runs
         proc = subprocess.Popen(
             command, cwd=root, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
