@@ -167,6 +167,8 @@ def markdown_table(scores, caption):
 def run(args):
     """The demo once arguments are parsed; returns the exit status. Raises UserError for user errors."""
     t_start = time.time()
+    if hasattr(sys.stdout, 'reconfigure'):  # progress lines as they come, also through a pipe
+        sys.stdout.reconfigure(line_buffering=True)
     recipe = RECIPES['quick' if args.quick else 'default']
     recipe = replace(recipe, iters=args.iters) if args.iters is not None else recipe
     if recipe.iters < 1:
@@ -176,15 +178,14 @@ def run(args):
         raise UserError(f'--output {args.output} exists and is not a folder')
     random_clip = args.clip_pretrained in RANDOM_TAGS
     notice = banner(random_clip, args.clip_model, args.clip_pretrained)
-    print('\n'.join(notice), flush=True)
+    print('\n'.join(notice))
     os.makedirs(out, exist_ok=True)  # runs start fresh; anything else in the output folder is left alone
     for sub in ('data', 'options', 'experiments/demo_baseline', 'experiments/demo_plus'):
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
 
     print(
         f'[1/5] blurring training tiles and encoding their captions with CLIP {args.clip_model} '
-        f'(pretrained={args.clip_pretrained})',
-        flush=True,
+        f'(pretrained={args.clip_pretrained})'
     )
     encoder = PromptEncoder(args.clip_model, None if random_clip else args.clip_pretrained, 'cpu', seed=args.seed)
     photos = {name: np.ascontiguousarray(rgb[..., ::-1]) for name, rgb in sample_photos().items()}
@@ -204,11 +205,10 @@ def run(args):
     counts = ', '.join(f'{sum(v is d for v in assignment.values())} {d.name}' for d in DEGRADATIONS)
     print(
         f'    {len(assignment)} training tiles of {recipe.tile} px ({counts}) from {len(photos)} photos '
-        f'({", ".join(sorted(photos))}); held out: {HOLDOUT}; prompt store {data["train"]["prompts"]}',
-        flush=True,
+        f'({", ".join(sorted(photos))}); held out: {HOLDOUT}; prompt store {data["train"]["prompts"]}'
     )
 
-    print(f'[2/5] training EDSR and EDSR+ ({recipe.iters} iterations each, both at once)', flush=True)
+    print(f'[2/5] training EDSR and EDSR+ ({recipe.iters} iterations each, both at once)')
     os.makedirs(os.path.join(out, 'options'), exist_ok=True)
     run_opts = {kind: pi.run_options(recipe, kind, args.seed, data['train'], prompt_dim) for kind in LABELS}
     paths = {
@@ -220,7 +220,7 @@ def run(args):
         summary = _summarise(line, recipe.iters)
         if summary:
             with lock:
-                print(f'    {names[name]:<5}  {summary}', flush=True)
+                print(f'    {names[name]:<5}  {summary}')
 
     weights = pi.train(
         run_opts,
@@ -228,11 +228,11 @@ def run(args):
         jobs=2,
         reuse=False,
         on_line=show,
-        on_done=lambda name, s: print(f'    {names[name]:<5}  done in {s:.0f} s', flush=True),
+        on_done=lambda name, s: print(f'    {names[name]:<5}  done in {s:.0f} s'),
     )
     t_train = time.time() - t_train
 
-    print(f'[3/5] super-resolving the held-out photo {HOLDOUT!r} x{SCALE} under each blur', flush=True)
+    print(f'[3/5] super-resolving the held-out photo {HOLDOUT!r} x{SCALE} under each blur')
     res = {kind: pi.evaluate(paths[kind], weights[kind], data['tests'], SCALE, kind == 'plus', True) for kind in LABELS}
     images, scores, masks = {}, {}, {}
     for deg in DEGRADATIONS:
@@ -246,7 +246,7 @@ def run(args):
         for key in ('baseline', 'right', 'swapped'):
             write_image(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{FILE_TAG[key]}.png'), imgs[key])
 
-    print('[4/5] writing comparison.png and attention.png', flush=True)
+    print('[4/5] writing comparison.png and attention.png')
     hr = images[DEGRADATIONS[-1].name]['hr']
     size = min(CROP, *hr.shape[:2])
     top, left = worst_window(images[DEGRADATIONS[-1].name]['bicubic'], hr, size)  # one window for every row
@@ -258,11 +258,10 @@ def run(args):
             a, b = masks[deg.name]['right'][i], masks[deg.name]['swapped'][i]
             print(
                 f'      {deg.name} input, DCM {i}: mean mask {a.mean():.3f} (right) / {b.mean():.3f} (wrong), '
-                f'mean |difference| {(a - b).abs().mean():.3f}',
-                flush=True,
+                f'mean |difference| {(a - b).abs().mean():.3f}'
             )
 
-    print('[5/5] results', flush=True)
+    print('[5/5] results')
     captions = '; '.join(
         f'{d.name}: {d.describe()}, right caption "{d.caption}", wrong caption "{swapped(DEGRADATIONS, d).caption}"'
         for d in DEGRADATIONS
@@ -274,15 +273,14 @@ def run(args):
         f'seed {args.seed}). {captions}.\n\n' + ' '.join(notice)
     )
     table = markdown_table(scores, caption)
-    print(table, flush=True)
+    print(table)
     with open(os.path.join(out, 'results.md.tmp'), 'w', encoding='utf-8') as f:
         f.write(table + '\n')
     os.replace(os.path.join(out, 'results.md.tmp'), os.path.join(out, 'results.md'))
     print(
         f'\nOutputs in {args.output}/: comparison.png, attention.png (+ one file per blur, DCM and caption), '
         f'results.md, SR images, option files, experiments/. Training {t_train:.0f} s, total '
-        f'{time.time() - t_start:.0f} s.',
-        flush=True,
+        f'{time.time() - t_start:.0f} s.'
     )
     return 0
 

@@ -11,7 +11,6 @@ The demo (``pdnsr/demo.py``) is its small preset on scikit-image's photos; ``ben
 its full preset on BSD68 + SunHays80 (training) and Set5 / Set14 (testing), with DCM variants for ablations.
 """
 
-import json
 import os
 import statistics
 from dataclasses import dataclass, field, replace
@@ -35,12 +34,9 @@ from pdnsr.prompts.build import build_prompt_store
 # --network NAME -> (baseline type, "+" type, the network_g arguments both take from a recipe).
 NETWORK_PAIRS = {
     'EDSR': ('EDSR', 'EDSRPlus', lambda r: dict(num_feat=r.num_feat, num_block=r.num_block)),
-    'RRDBNet': (
-        'RRDBNet',
-        'RRDBNetPlus',
-        lambda r: dict(num_feat=r.num_feat, num_block=r.num_block, num_grow_ch=r.num_feat // 2),  # ESRGAN's 64 / 32
-    ),
-}
+    'RRDBNet': ('RRDBNet', 'RRDBNetPlus', lambda r: dict(num_feat=r.num_feat, num_block=r.num_block,
+                                                         num_grow_ch=r.num_feat // 2)),  # ESRGAN's 64 / 32
+}  # fmt: skip
 # basicsr's RRDBNet pixel-unshuffles by 2 at x2: odd LR sizes are reflection-padded (as RRDBNetPlus does itself).
 INPUT_MULTIPLE = {'RRDBNet': 2}
 DEFAULT_ROUTER = DCM_OPTIONS['router']
@@ -75,19 +71,8 @@ class Recipe:
     demo_names: bool = False  # runs named demo_baseline / demo_plus instead of a hash of the recipe
 
 
-DEMO = Recipe(
-    iters=600,
-    lr=1e-3,
-    warmup=60,
-    ema_decay=0.9,
-    betas=(0.9, 0.999),
-    eta_min=1e-6,
-    log_lines=10,
-    tile=80,
-    centre_crop=400,
-    dataset_name='skimage_tiles',
-    demo_names=True,
-)
+DEMO = Recipe(iters=600, lr=1e-3, warmup=60, ema_decay=0.9, betas=(0.9, 0.999), eta_min=1e-6, log_lines=10, tile=80,
+              centre_crop=400, dataset_name='skimage_tiles', demo_names=True)  # fmt: skip
 DEMO_QUICK = replace(DEMO, num_feat=16, num_block=2, gt_size=32, batch=4, iters=20, warmup=4, tile=64, centre_crop=128)
 
 
@@ -109,12 +94,10 @@ def tiles(img, size, centre_crop=None):
 
 
 def _done(folder, write=False):
-    marker = os.path.join(folder, 'done.json')
+    """Whether ``folder`` was written completely (``write``: mark it so); its files are written before the mark."""
     if write:
-        with open(f'{marker}.tmp', 'w', encoding='utf-8') as f:
-            json.dump({}, f)
-        os.replace(f'{marker}.tmp', marker)
-    return os.path.exists(marker)
+        open(os.path.join(folder, 'done.json'), 'w').close()
+    return os.path.exists(os.path.join(folder, 'done.json'))
 
 
 def _store(encoder, path, captions):
