@@ -97,9 +97,10 @@ def network_layout(net):
     return {'bank': dcms[0].bank, 'router': router}
 
 
-def fit_state_dict(net, state, path, used='params'):
-    """``state`` made to fit ``net`` exactly: converted to the compact bank when ``net`` has it and the file has the
-    paper's; every other mismatch is a ValueError naming the file, the first mismatching key and what to do."""
+def adapt_dcm_layout(net, state, path):
+    """``state`` with its DCMs in ``net``'s layout: converted to the compact bank when ``net`` has it and the file
+    has the paper's (exact); a compact file for a paper network, or a file of the other router, is a ValueError
+    naming the option to set."""
     have, want = dcm_layout_of(state), network_layout(net)
     if want is not None and have['bank'] is not None:
         if have['bank'] == 'paper' and want['bank'] == 'compact':
@@ -115,6 +116,13 @@ def fit_state_dict(net, state, path, used='params'):
                 f'router: {want["router"]}; set dcm: {{router: {have["router"]}}} under network_g (loading the '
                 f'weights into the other router would silently change what the network computes)'
             )
+    return state
+
+
+def fit_state_dict(net, state, path, used='params'):
+    """``state`` made to fit ``net`` exactly (:func:`adapt_dcm_layout`); a missing, unexpected or differently shaped
+    key is a ValueError naming the file, the first mismatching key and what to do."""
+    state = adapt_dcm_layout(net, state, path)
     expected = net.state_dict()
     problems = []
     for key, value in expected.items():

@@ -9,7 +9,7 @@ else is a bug and keeps its traceback. ``PDNSR_DEBUG=1`` re-raises user errors t
 import os
 import sys
 
-from pdnsr.errors import USER_ERRORS, one_line
+from pdnsr.errors import USER_ERRORS, UserError, one_line
 
 
 def run_main(fn, prog):
@@ -56,6 +56,21 @@ def run_pipeline(kind):
         return pipeline(root_path())
 
     return run_main(body, f'pdnsr-{kind}')
+
+
+def check_output_folder(out_dir, flag='--output'):
+    """Fail now, not after the work, when ``out_dir`` cannot be created or written; creates nothing.
+
+    Raises:
+        UserError: ``out_dir`` (or the nearest of its parents that exists) is not a writable folder.
+    """
+    path = os.path.abspath(out_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UserError(f'{flag} {out_dir}: {path} exists and is not a folder; choose another {flag}')
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f'{flag} {out_dir}: {path} is not writable; choose another {flag}')
 
 
 def add_clip_arguments(parser, pretrained='openai', for_model=False):

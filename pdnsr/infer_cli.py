@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from pdnsr.archs.dcm_arch import dcm_modules, select_dcms, takes_prompt
-from pdnsr.cli import add_clip_arguments, add_view_argument, run_main
+from pdnsr.cli import add_clip_arguments, add_view_argument, check_output_folder, run_main
 from pdnsr.data.image_files import IMAGE_SUFFIXES, image_key, read_rgb, scan_images, write_image
 from pdnsr.errors import USER_ERRORS, one_line
 from pdnsr.inference import (
@@ -198,6 +198,7 @@ def run(args):
     else:
         net, device, record = load_network(args.opt, args.weights, args.device)
     attention_dcms = _check_cli_options(args, device, net)
+    check_output_folder(args.output)
     inputs = _collect_inputs(args.input)
     prompt_of, missing = _prompt_source(args, net, device, list(inputs), record)
     os.makedirs(args.output, exist_ok=True)

@@ -14,7 +14,14 @@ from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
 from pdnsr import provenance
 from pdnsr.archs.dcm_arch import dcm_modules, select_dcms, set_dcm_temperature, takes_prompt
-from pdnsr.checkpoints import fit_state_dict, network_layout, read_checkpoint, save_checkpoint, state_dict_of
+from pdnsr.checkpoints import (
+    adapt_dcm_layout,
+    fit_state_dict,
+    network_layout,
+    read_checkpoint,
+    save_checkpoint,
+    state_dict_of,
+)
 from pdnsr.data.image_files import image_key
 from pdnsr.models.model_mixins import CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZeroValidationMixin
 from pdnsr.models.run_checks import check_run_options
@@ -74,13 +81,8 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
         state, used = state_dict_of(checkpoint, load_path, param_key)
         if strict:
             state = fit_state_dict(net, state, load_path, used)
-        else:  # fine-tuning, e.g. from a basicsr EDSR: the DCM keys may be missing, never of another layout
-            present = {k: v for k, v in net.state_dict().items() if k.split('.')[0] == 'dcms' and k not in state}
-            state = (
-                fit_state_dict(net, {**state, **present}, load_path, used)
-                if any(k.split('.')[0] == 'dcms' for k in state)
-                else state
-            )
+        else:  # fine-tuning, e.g. from a basicsr EDSR: DCM keys may be missing, never of another layout
+            state = adapt_dcm_layout(net, state, load_path)
             self._print_different_keys_loading(net, state, strict)
         get_root_logger().info(f'Loading {type(net).__name__} model from {load_path}, with param key: [{used}].')
         net.load_state_dict(state, strict=strict)

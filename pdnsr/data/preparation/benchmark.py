@@ -23,7 +23,7 @@ import os
 
 from basicsr.data.transforms import mod_crop
 
-from pdnsr.cli import add_view_argument
+from pdnsr.cli import add_view_argument, check_output_folder
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import image_key, write_image
 from pdnsr.data.preparation import common
@@ -124,7 +124,7 @@ def run(args):
     kind = prompt_kind(args)
     paths = common.list_images(args.input)
     captions = load_benchmark_captions(args, [image_key(p) for p in paths]) if kind in ('text', 'mixed') else None
-    common.check_output_folder(args.output)
+    check_output_folder(args.output)
     store = os.path.join(args.output, store_name(kind, args)) if kind else None
     encoder = None
     if kind and common.prompt_store_needs_encoder(args, kind, store, args.view):

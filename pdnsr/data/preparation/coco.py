@@ -30,6 +30,7 @@ import os
 
 import cv2
 
+from pdnsr.cli import check_output_folder
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import image_key, image_size, write_image
 from pdnsr.data.preparation import common
@@ -172,7 +173,7 @@ def run(args):
         'sigma': args.sigma,
     }
     captions = read_captions(args.captions, paths, opt) if args.prompts else None
-    common.check_output_folder(args.output)
+    check_output_folder(args.output)
     store = os.path.join(args.output, 'prompts_text.lmdb')
     encoder = None
     if args.prompts and common.prompt_store_needs_encoder(args, 'text', store):

@@ -117,21 +117,6 @@ def list_images(folder):
 # ---------------------------------------------------------------- checks before the image work
 
 
-def check_output_folder(out_dir):
-    """Fail now, not after the image work, when ``out_dir`` cannot be created or written; creates nothing.
-
-    Raises:
-        UserError: ``out_dir`` (or the nearest of its parents that exists) is not a writable folder.
-    """
-    path = os.path.abspath(out_dir)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    if not os.path.isdir(path):
-        raise UserError(f'output folder {out_dir}: {path} exists and is not a folder; choose another --output')
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f'output folder {out_dir}: {path} is not writable; choose another --output')
-
-
 def prompt_store_needs_encoder(args, kind, out, view='flip'):
     """Before the image work: whether the prompt store ``out`` will be built, so CLIP must be loaded.
 

@@ -24,7 +24,7 @@ import os
 import numpy as np
 from basicsr.utils.matlab_functions import imresize
 
-from pdnsr.cli import add_view_argument
+from pdnsr.cli import add_view_argument, check_output_folder
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import image_key, write_image
 from pdnsr.data.preparation import common
@@ -93,7 +93,7 @@ def run(args):
     if bad:
         raise UserError(f'--hr-size {args.hr_size} is not a multiple of scale(s) {bad}')
     paths = common.list_images(args.input)
-    common.check_output_folder(args.output)
+    check_output_folder(args.output)
     stores = {s: os.path.join(args.output, f'prompts_image_x{s}.lmdb') for s in scales} if args.prompts else {}
     needed = [common.prompt_store_needs_encoder(args, 'image', out, args.view) for out in stores.values()]
     encoder = common.load_encoder(args) if any(needed) else None
