@@ -383,7 +383,7 @@ def test_prepare_checks_the_output_folder_before_any_image_work(tmp_path, capsys
     a_file.write_text('')
     assert prepare('coco', ['--images', str(images), '--output', str(a_file / 'coco')]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f'prepare_coco.py: error: output folder {a_file / "coco"}: {a_file} exists and is not')
+    assert line.startswith(f'prepare_coco.py: error: --output {a_file / "coco"}: {a_file} exists and is not')
 
 
 def test_pdnsr_prepare_dispatches_to_the_commands(tmp_path, capsys):
