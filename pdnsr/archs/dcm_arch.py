@@ -136,9 +136,9 @@ class DynamicCorrelationModule(nn.Module):
                 nn.Linear(prompt_dim, router_hidden), nn.ReLU(inplace=True), nn.Linear(router_hidden, num_kernels)
             )
             if router == 'scaled':
-                # A buffer, not a constant: it marks the checkpoint's router (ROUTER_MARKERS) and follows .to().
-                # float64, so that a float64 module (the tests' reference) gets sqrt(d) unrounded.
-                self.register_buffer('router_scale', torch.tensor(math.sqrt(prompt_dim), dtype=torch.float64))
+                # A buffer holding sqrt(d) marks the checkpoint's router (ROUTER_MARKERS). The forward multiplies by
+                # the Python float instead: exact in every dtype, and no float64 tensor (which MPS cannot hold).
+                self.register_buffer('router_scale', torch.tensor(math.sqrt(prompt_dim)))
         if bank == 'paper':
             self.weight = nn.Parameter(torch.empty(n, c, prompt_dim, k, k))
         else:
@@ -220,7 +220,7 @@ class DynamicCorrelationModule(nn.Module):
         entries are of order 1 whatever the prompt's norm; a zero prompt stays zero."""
         if self.router_kind == 'paper':
             return prompt
-        return (self._unit_prompt(prompt) * self.router_scale).to(prompt.dtype)
+        return (self._unit_prompt(prompt) * math.sqrt(self.prompt_dim)).to(prompt.dtype)
 
     def _unit_prompt(self, prompt):
         # At least float32: under fp16 autocast the squared norm of a 512-vector can overflow.
