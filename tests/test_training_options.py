@@ -82,6 +82,10 @@ BAD_TRAIN_OPTIONS = [
     (dict(amp=True), 'train.amp: True is not one of bf16, fp16, false'),
     (dict(channels_last='yes'), "train.channels_last must be true or false, got 'yes'"),
     (dict(compile=dict(mode='fast', turbo=True)), r"train.compile: unknown option\(s\) \['turbo'\]"),
+    (dict(compile=dict(mode='fast')), "train.compile.mode: 'fast' is not one of default, .*max-autotune"),
+    (dict(compile=dict(backend='nope')), "train.compile.backend: 'nope' is not a torch.compile backend; .*inductor"),
+    (dict(compile=dict(dynamic='yes')), "train.compile.dynamic must be true, false or null, got 'yes'"),
+    (dict(compile=dict(fullgraph=1)), 'train.compile.fullgraph must be true or false, got 1'),
     (dict(accumulate=0), 'train.accumulate must be a positive integer, got 0'),
     (dict(accumulate=4), 'train.accumulate: 4 does not divide batch_size_per_gpu 2'),
 ]

@@ -22,6 +22,48 @@ BASICSR_TRAIN_KEYS = ('ema_decay', 'optim_g', 'scheduler', 'total_iter', 'warmup
 PDNSR_TRAIN_KEYS = ('temperature', 'amp', 'channels_last', 'compile', 'accumulate')
 AMP_DTYPES = ('bf16', 'fp16')
 COMPILE_KEYS = ('mode', 'dynamic', 'fullgraph', 'backend')
+# torch.compile's documented modes, for a torch without torch._inductor.list_mode_options.
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+def compile_modes():
+    """The ``mode`` values this torch's ``torch.compile`` accepts (inductor's list, e.g. 'default', 'lite', ...)."""
+    try:
+        from torch._inductor import list_mode_options
+    except ImportError:
+        return COMPILE_MODES
+    return tuple(list_mode_options())
+
+
+def compile_backends(everything=True):
+    """The ``backend`` names this torch's ``torch.compile`` accepts: all of them (the debugging ones such as 'eager'
+    and 'aot_eager' included), or with ``everything=False`` the ones ``torch._dynamo.list_backends()`` lists."""
+    import torch._dynamo
+
+    return tuple(torch._dynamo.list_backends(exclude_tags=() if everything else ('debug', 'experimental')))
+
+
+def check_compile_options(compile_opt):
+    """Refuse a ``train.compile`` mapping that ``torch.compile`` would refuse only when the model is built (after
+    basicsr made the run's folders): unknown keys, a mode or backend this torch lacks, non-boolean flags.
+
+    Raises:
+        ValueError: one line naming the key, the value and what is allowed.
+    """
+    unknown = sorted(set(compile_opt) - set(COMPILE_KEYS))
+    if unknown:
+        raise ValueError(f'train.compile: unknown option(s) {unknown}; valid: {list(COMPILE_KEYS)}')
+    if 'mode' in compile_opt and compile_opt['mode'] is not None and compile_opt['mode'] not in compile_modes():
+        raise ValueError(f'train.compile.mode: {compile_opt["mode"]!r} is not one of {", ".join(compile_modes())}')
+    if 'backend' in compile_opt and compile_opt['backend'] not in compile_backends():
+        raise ValueError(
+            f'train.compile.backend: {compile_opt["backend"]!r} is not a torch.compile backend; use one of '
+            f'{", ".join(compile_backends(False))}, or eager / aot_eager to debug'
+        )
+    for key, allowed in (('dynamic', (True, False, None)), ('fullgraph', (True, False))):
+        if key in compile_opt and not any(compile_opt[key] is v for v in allowed):
+            words = 'true, false or null' if None in allowed else 'true or false'
+            raise ValueError(f'train.compile.{key} must be {words}, got {compile_opt[key]!r}')
 
 
 @dataclass(frozen=True)
@@ -56,9 +98,7 @@ class SpeedOptions:
         elif compile_opt is False or compile_opt is None:
             compile_opt = None
         elif isinstance(compile_opt, dict):
-            unknown = sorted(set(compile_opt) - set(COMPILE_KEYS))
-            if unknown:
-                raise ValueError(f'train.compile: unknown option(s) {unknown}; valid: {list(COMPILE_KEYS)}')
+            check_compile_options(compile_opt)
             compile_opt = dict(compile_opt)
         else:
             raise ValueError(
