@@ -9,6 +9,7 @@
 The command line is :mod:`pdnsr.infer_cli` (see ``docs/inference.md``).
 """
 
+import functools
 import os
 
 import numpy as np
@@ -25,10 +26,11 @@ from pdnsr.archs.network_options import check_network_options
 from pdnsr.checkpoints import dcm_layout_of, fit_state_dict, read_checkpoint, state_dict_of
 from pdnsr.data.image_files import read_rgb, write_image
 from pdnsr.errors import UserError
-from pdnsr.prompts.encoder import PromptEncoder
+from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 
 __all__ = [
     'build_network_from_options',
+    'cached_prompt_encoder',
     'check_tile_options',
     'image_to_tensor',
     'load_network',
@@ -270,7 +272,8 @@ def resolve_device(name=None):
 
 
 def prompt_encoder_for(record, prompt_dim, clip_model=None, clip_pretrained=None, device='cpu', force=False, warn=None):
-    """The CLIP encoder of the embedding space a model was trained in, for encoding its prompts.
+    """The CLIP encoder of the embedding space a model was trained in, for encoding its prompts (shared:
+    :func:`cached_prompt_encoder`).
 
     Args:
         record (dict | None): the checkpoint's record (:func:`load_network`); None for an older checkpoint.
@@ -311,7 +314,7 @@ def prompt_encoder_for(record, prompt_dim, clip_model=None, clip_pretrained=None
     provenance.check_same_space(
         trained, given, 'the model', f'--clip-model {model_name} --clip-pretrained {clip_pretrained}', force, warn
     )
-    encoder = PromptEncoder(model_name, pretrained=clip_pretrained, device=device, seed=seed)
+    encoder = cached_prompt_encoder(model_name, clip_pretrained, device, seed)
     if encoder.embed_dim != prompt_dim:
         raise ValueError(
             f'CLIP model {model_name} makes prompt embeddings of size {encoder.embed_dim} but the '
@@ -319,6 +322,29 @@ def prompt_encoder_for(record, prompt_dim, clip_model=None, clip_pretrained=None
             f'trained with'
         )
     return encoder
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder(model_name, pretrained, weights, device, seed):
+    return PromptEncoder(model_name, pretrained=pretrained, device=device, seed=seed)
+
+
+def cached_prompt_encoder(model_name, pretrained, device='cpu', seed=0):
+    """``PromptEncoder(model_name, pretrained, device, seed=seed)``, built once while it is among the last two used.
+
+    A notebook, the tests or a script that encodes prompts for several models loads CLIP (seconds, ~600 MB for
+    ViT-B-32) once. The key holds :func:`pdnsr.provenance.weights_id`, so a weights file rewritten in place is
+    loaded again. The encoder is shared: do not change its attributes. ``cache_info()`` / ``cache_clear()`` are
+    ``functools.lru_cache``'s.
+    """
+    random = pretrained in RANDOM_TAGS
+    pretrained = 'none' if random else os.fspath(pretrained)
+    weights = provenance.weights_id(pretrained) if os.path.isfile(pretrained) else None  # a file: by its content
+    return _encoder(model_name, pretrained, weights, str(torch.device(device)), int(seed) if random else 0)
+
+
+cached_prompt_encoder.cache_info = _encoder.cache_info
+cached_prompt_encoder.cache_clear = _encoder.cache_clear
 
 
 def image_to_tensor(rgb, device):

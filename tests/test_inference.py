@@ -74,17 +74,11 @@ def models(tmp_path_factory):
     }
 
 
-@pytest.fixture
-def shared_clip(monkeypatch, clip_encoder):
-    """Make the CLI reuse the session's random-weight CLIP instead of building its own (same seed, same weights)."""
-    calls = []
-
-    def factory(model_name, pretrained=None, device='cpu', seed=0):
-        calls.append((model_name, pretrained))
-        return clip_encoder
-
-    monkeypatch.setattr(inference, 'PromptEncoder', factory)
-    return calls
+def _clip_requests():
+    """How often the CLI has asked for a CLIP encoder so far (built or reused: the real cache of
+    :func:`pdnsr.inference.cached_prompt_encoder`, which builds the random-weight ViT-B-32 once for these tests)."""
+    info = inference.cached_prompt_encoder.cache_info()
+    return info.hits + info.misses
 
 
 def _net(model):
@@ -217,7 +211,7 @@ def test_cli_text_prompt_real_encoder(tmp_path, paired_data, models, clip_encode
     assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_cli_image_prompt(tmp_path, paired_data, models, shared_clip, capsys):
+def test_cli_image_prompt(tmp_path, paired_data, models, clip_encoder, capsys):
     model = models['rdn_plus']
     lr = paired_data['lr']
     prompt_file = os.path.join(paired_data['hr'], f'{paired_data["keys"][1]}.png')
@@ -242,10 +236,13 @@ def test_cli_image_prompt(tmp_path, paired_data, models, shared_clip, capsys):
         outs[view] = cv2.imread(str(out / 'coffee_x2.png'))
     assert outs['flip'].shape == (96, 96, 3)
     assert not np.array_equal(outs['flip'], outs['identity'])
-    assert shared_clip == [('ViT-B-32', 'none')] * 2
+    # The CLI's encoder is the random-weight ViT-B-32 of seed 0, the session's: the same prompt, the same output.
+    prompt = clip_encoder.encode_images([read_rgb(prompt_file)], view='flip')
+    expected = tensor_to_bgr(super_resolve(_net(model), _lq(paired_data, 'coffee'), prompt))
+    assert np.abs(outs['flip'].astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_cli_prompt_image_self_uses_each_input(tmp_path, paired_data, models, shared_clip, capsys):
+def test_cli_prompt_image_self_uses_each_input(tmp_path, paired_data, models, capsys):
     """--prompt-image self: every input is encoded as its own prompt, the same as naming that file."""
     model = models['edsr_plus']
     keys = paired_data['keys'][:2]
@@ -273,9 +270,7 @@ def test_cli_prompt_image_self_uses_each_input(tmp_path, paired_data, models, sh
         )
 
 
-def test_cli_captions_one_per_image_missing_key_skipped(
-    tmp_path, paired_data, models, clip_encoder, shared_clip, capsys
-):
+def test_cli_captions_one_per_image_missing_key_skipped(tmp_path, paired_data, models, clip_encoder, capsys):
     model = models['edsr_plus']
     keys = paired_data['keys']
     captions = tmp_path / 'captions.json'
@@ -296,17 +291,19 @@ def test_cli_captions_one_per_image_missing_key_skipped(
         assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_cli_no_prompt_warns(tmp_path, paired_data, models, shared_clip, capsys):
+def test_cli_no_prompt_warns(tmp_path, paired_data, models, capsys):
     model = models['edsr_plus']
+    before = _clip_requests()
     code, err = _cli(capsys, model, paired_data['lr'], str(tmp_path), '--clip-pretrained', 'none')
     assert code == 0
     assert 'zero prompt' in err and 'uniform 0.5' in err
     assert len(os.listdir(tmp_path)) == len(paired_data['keys'])
-    assert shared_clip == []  # CLIP is not loaded without a prompt
+    assert _clip_requests() == before  # CLIP is not loaded without a prompt
 
 
-def test_cli_baseline_ignores_prompt_and_reads_grey(tmp_path, paired_data, models, shared_clip, capsys):
+def test_cli_baseline_ignores_prompt_and_reads_grey(tmp_path, paired_data, models, capsys):
     model = models['rdn']
+    before = _clip_requests()
     grey = tmp_path / 'in' / 'grey.png'
     grey.parent.mkdir()
     cv2.imwrite(str(grey), cv2.imread(os.path.join(paired_data['lr'], 'coffee.png'), cv2.IMREAD_GRAYSCALE))
@@ -316,7 +313,7 @@ def test_cli_baseline_ignores_prompt_and_reads_grey(tmp_path, paired_data, model
     assert code == 0, err
     assert 'baseline' in err and 'ignored' in err
     assert cv2.imread(str(tmp_path / 'out' / 'grey_pdnsr.png')).shape == (96, 96, 3)
-    assert shared_clip == []
+    assert _clip_requests() == before
 
 
 def test_cli_unreadable_image_reported_others_written(tmp_path, paired_data, models, capsys):
@@ -331,7 +328,7 @@ def test_cli_unreadable_image_reported_others_written(tmp_path, paired_data, mod
     assert sorted(os.listdir(out)) == sorted(f'{k}_pdnsr.png' for k in paired_data['keys'])
 
 
-def test_cli_attention_pngs(tmp_path, paired_data, models, shared_clip, capsys):
+def test_cli_attention_pngs(tmp_path, paired_data, models, capsys):
     model = models['edsr_plus']
     out = tmp_path / 'out'
     code, err = _cli(
@@ -372,7 +369,7 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, paired_data, models, cap
     assert not (tmp_path / 'out').exists()
 
 
-def test_cli_prompt_dim_mismatch_names_both(tmp_path, paired_data, models, shared_clip, capsys):
+def test_cli_prompt_dim_mismatch_names_both(tmp_path, paired_data, models, capsys):
     model = models['edsr_plus_256']
     code, err = _cli(capsys, model, paired_data['lr'], str(tmp_path), '--prompt', 'a cat', '--clip-pretrained', 'none')
     assert code == 2 and '512' in err and 'prompt_dim=256' in err
