@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pdnsr.archs.dcm_arch import select_dcms, takes_prompt  # noqa: E402
-from pdnsr.cli import add_clip_arguments, run_main  # noqa: E402
-from pdnsr.data.image_files import read_rgb, write_image  # noqa: E402
+from pdnsr.cli import add_clip_arguments, check_output_folder, run_main  # noqa: E402
+from pdnsr.data.image_files import IMAGE_SUFFIXES, is_image_name, read_rgb, write_image  # noqa: E402
 from pdnsr.infer_cli import add_tile_arguments  # noqa: E402
 from pdnsr.inference import (  # noqa: E402
     image_to_tensor,
@@ -119,8 +119,19 @@ def make_figure(net, encoder, rgb, prompts, dcm=-1, background='sr', tile=None, 
     return compose_figure(panels, captions)
 
 
+def check_output(path):
+    """Refuse an ``--output`` the figure could not be written to, before any work: a folder, a name without an image
+    suffix, or a place that cannot be created or written."""
+    if os.path.isdir(path):
+        raise ValueError(f'--output {path} is a folder; name the figure file, e.g. {os.path.join(path, "figure.png")}')
+    if not is_image_name(os.path.basename(path)):
+        raise ValueError(f'--output {path}: name an image file ({", ".join(IMAGE_SUFFIXES)}), e.g. figure.png')
+    check_output_folder(os.path.dirname(os.path.abspath(path)), '--output')
+
+
 def run(args):
     """Write the figure of the parsed ``args``; raises the user errors of :data:`pdnsr.cli.USER_ERRORS`."""
+    check_output(args.output)
     net, device, record = load_network(args.opt, args.weights, args.device)
     if not takes_prompt(net):
         raise ValueError(f'{type(net).__name__} takes no prompt: attention masks need a "+" network')

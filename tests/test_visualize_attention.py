@@ -20,9 +20,9 @@ def script():
 
 
 @pytest.fixture
-def model(tmp_path, monkeypatch, clip_encoder):
-    # The session's random-weight CLIP stands in for --clip-pretrained none (same seed, same weights, built once).
-    monkeypatch.setattr(inference, 'PromptEncoder', lambda *args, **kwargs: clip_encoder)
+def model(tmp_path):
+    """A tiny EDSR+ and its checkpoint (no record: the tests pass --clip-pretrained none, the random-weight
+    ViT-B-32 that :func:`pdnsr.inference.cached_prompt_encoder` builds once)."""
     opt = opts.write_options(dict(network_g=opts.network('EDSRPlus', 2, num_feat=8, num_block=2)), tmp_path / 'net.yml')
     torch.manual_seed(0)
     state = build_network_from_options(opt).state_dict()
@@ -63,3 +63,17 @@ def test_bad_dcm_index(tmp_path, paired_data, model, script, capsys):
 def test_wrap_text(script):
     lines = script.wrap_text('a b c d e f g h i j k l m n o p', width=40, scale=0.5)
     assert len(lines) > 1 and ' '.join(lines) == 'a b c d e f g h i j k l m n o p'
+
+
+@pytest.mark.parametrize('where', ['folder', 'under_a_file', 'no_suffix'])
+def test_bad_output_refused_before_any_work(tmp_path, paired_data, model, script, capsys, where):
+    """The output is checked first: no network is loaded, no CLIP built, nothing written."""
+    (tmp_path / 'file.txt').write_text('x')
+    output = {'folder': tmp_path, 'under_a_file': tmp_path / 'file.txt' / 'fig.png', 'no_suffix': tmp_path / 'fig'}
+    before = inference.cached_prompt_encoder.cache_info()
+    argv = _argv(model, paired_data, output[where], '--clip-pretrained', 'none', '--prompt', 'a')
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and '--output' in err and 'Traceback' not in err, err
+    assert inference.cached_prompt_encoder.cache_info() == before
+    assert sorted(os.listdir(tmp_path)) == ['file.txt', 'net.pth', 'net.yml']
