@@ -27,14 +27,18 @@ def fixed_batches(count, batch=16, seed=0):
     ]
 
 
-def steps(model, batches):
-    """Train ``model`` on ``batches`` (one optimiser step each); returns the logged losses."""
+def steps(model, batches, trace=None):
+    """Train ``model`` on ``batches`` (one optimiser step each); returns the logged losses. ``trace`` (a list), if
+    given, gets after each step the learning rate, the DCM temperature and a copy of net_g's parameters."""
     losses = []
     for it, data in enumerate(batches, 1):
         model.update_learning_rate(it)
         model.feed_data(data)
         model.optimize_parameters(it)
         losses.append(float(model.get_current_log()['l_pix']))
+        if trace is not None:
+            params = {k: v.detach().clone() for k, v in model.get_bare_model(model.net_g).named_parameters()}
+            trace.append((model.get_current_learning_rate()[0], model.current_temperature, params))
     return losses
 
 
@@ -48,7 +52,10 @@ def tiny_model(data, **train):
 def test_accumulate_four_micro_batches_equals_the_whole_batch(paired_data):
     batches = fixed_batches(4)
     whole, split = tiny_model(paired_data), tiny_model(paired_data, accumulate=4)
-    losses_whole, losses_split = steps(whole, batches), steps(split, batches)
+    assert split.ema_decay == 0.9
+    ema_start = {k: v.detach().clone() for k, v in split.net_g_ema.named_parameters()}
+    trace_whole, trace_split = [], []
+    losses_whole, losses_split = steps(whole, batches, trace_whole), steps(split, batches, trace_split)
     assert losses_split == pytest.approx(losses_whole, rel=1e-5)
     for (name, a), b in zip(whole.net_g.state_dict().items(), split.net_g.state_dict().values()):
         # Adam divides by the gradients' own size: float rounding of summed micro-batches shows at ~1e-6, against
@@ -58,6 +65,16 @@ def test_accumulate_four_micro_batches_equals_the_whole_batch(paired_data):
         not torch.equal(a, b)
         for a, b in zip(whole.net_g.state_dict().values(), tiny_model(paired_data).net_g.state_dict().values())
     )
+    # The scheduler and the temperature count optimiser steps: the same values after each, and they did change.
+    lrs, temperatures = [t[0] for t in trace_whole], [t[1] for t in trace_whole]
+    assert [t[0] for t in trace_split] == pytest.approx(lrs, rel=1e-12) and len(set(lrs)) == 4, lrs
+    assert [t[1] for t in trace_split] == temperatures and len(set(temperatures)) > 1, temperatures
+    # One EMA update per optimiser step (not per micro-batch): ema <- 0.9 ema + 0.1 net_g after each step.
+    expected = ema_start
+    for _, _, params in trace_split:
+        expected = {k: 0.9 * v + 0.1 * params[k] for k, v in expected.items()}
+    for name, value in split.net_g_ema.named_parameters():
+        torch.testing.assert_close(value.detach(), expected[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_channels_last_step_equals_the_default_one(paired_data):
