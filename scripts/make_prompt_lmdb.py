@@ -19,7 +19,7 @@ import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
 
 # isort: split
 
-from pdnsr.cli import add_clip_arguments, add_view_argument, run_main  # noqa: E402
+from pdnsr.cli import add_clip_arguments, add_view_argument, check_output_folder, run_main  # noqa: E402
 from pdnsr.prompts.build import KINDS, build_prompt_store  # noqa: E402
 from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
 
@@ -43,17 +43,33 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+class EncoderOnDemand:
+    """The PromptEncoder of ``args``, loaded when :func:`build_prompt_store` first uses it.
+
+    The builder reads and checks everything else first (the kind's inputs, the caption file, the image folder, the
+    output and an unfinished build), so a mistake there is reported at once, not after CLIP has loaded (seconds to
+    a minute), and unloadable weights are reported before anything is written.
+    """
+
+    def __init__(self, args):
+        self._args = args
+        self._encoder = None
+
+    def __getattr__(self, name):  # only for what the instance itself lacks: the encoder's attributes
+        if self._encoder is None:
+            args = self._args
+            self._encoder = PromptEncoder(args.clip_model, pretrained=args.clip_pretrained, device=args.device)
+        return getattr(self._encoder, name)
+
+
 def run(args):
     if args.overwrite and args.resume:
         raise ValueError('--overwrite and --resume exclude each other.')
-    if os.path.exists(args.out) and not args.overwrite:
-        # Checked before loading CLIP, which takes seconds.
-        raise FileExistsError(f'{args.out} already exists; pass --overwrite to replace it.')
-    encoder = PromptEncoder(args.clip_model, pretrained=args.clip_pretrained, device=args.device)
+    check_output_folder(args.out, '--out')
     count = build_prompt_store(
         args.kind,
         args.out,
-        encoder,
+        EncoderOnDemand(args),
         captions=args.captions,
         captions_subset=args.captions_subset,
         images_dir=args.images,

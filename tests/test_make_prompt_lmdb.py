@@ -176,12 +176,52 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, cli, capsys, monkeypatch
     assert 'already exists' in err and '--overwrite' in err and 'Traceback' not in err and err.count('\n') == 1
 
     monkeypatch.setenv('HF_ENDPOINT', 'http://127.0.0.1:9')
+    captions = tmp_path / 'c.json'
+    captions.write_text(json.dumps({'a': ['a cat']}))  # the inputs are read before CLIP: they must be right here
     start = time.monotonic()
-    code = cli.main(['--kind', 'text', '--captions', 'c.json', '--out', str(tmp_path / 'n.lmdb'), '--clip-pretrained',
-                     'commonpool_s_s13m_b4k'])  # fmt: skip
+    code = cli.main(['--kind', 'text', '--captions', str(captions), '--out', str(tmp_path / 'n.lmdb'),
+                     '--clip-pretrained', 'commonpool_s_s13m_b4k'])  # fmt: skip
     assert code == 2 and time.monotonic() - start < 30
     err = capsys.readouterr().err
     assert '--clip-pretrained /path/to/open_clip_model.bin' in err and 'Traceback' not in err
+    assert not (tmp_path / 'n.lmdb').exists() and not os.path.exists(partial_path(str(tmp_path / 'n.lmdb')))
+
+
+@pytest.mark.parametrize(
+    'case, message',
+    [
+        ('not_json', 'is not valid JSON'),
+        ('no_captions', "kind 'text' needs captions"),
+        ('empty_folder', 'Nothing to encode'),
+        ('missing_folder', 'does not exist'),
+        ('output_exists', 'already exists'),
+        ('output_under_a_file', 'is not a folder'),
+    ],
+)
+def test_cli_checks_inputs_and_output_before_loading_clip(tmp_path, cli, capsys, case, message):
+    """Every input and the output are checked before CLIP loads: with weights that cannot load (a missing file),
+    the message is still about the input, and nothing is written."""
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'exists.lmdb').mkdir()
+    (tmp_path / 'bad.json').write_text('{"a": ')
+    (tmp_path / 'file').write_text('x')
+    good = tmp_path / 'good.json'
+    good.write_text(json.dumps({'a': ['a cat']}))
+    args = {
+        'not_json': ['--kind', 'text', '--captions', str(tmp_path / 'bad.json')],
+        'no_captions': ['--kind', 'text'],
+        'empty_folder': ['--kind', 'image', '--images', str(tmp_path / 'empty')],
+        'missing_folder': ['--kind', 'image', '--images', str(tmp_path / 'nope')],
+        'output_exists': ['--kind', 'text', '--captions', str(good), '--out', str(tmp_path / 'exists.lmdb')],
+        'output_under_a_file': ['--kind', 'text', '--captions', str(good), '--out', str(tmp_path / 'file' / 'p.lmdb')],
+    }[case]
+    if '--out' not in args:
+        args += ['--out', str(tmp_path / 'p.lmdb')]
+    before = sorted(os.listdir(tmp_path))
+    assert cli.main([*args, '--clip-pretrained', str(tmp_path / 'missing_open_clip_model.bin')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and message in err and 'missing_open_clip_model' not in err, err
+    assert sorted(os.listdir(tmp_path)) == before
 
 
 def _entries(path):
