@@ -202,16 +202,28 @@ def test_auto_resume_skips_a_truncated_or_unsafe_newest_state(paired_data, tmp_p
     assert 'training state' in log.strip().splitlines()[-1] and 'Traceback' not in log
 
 
+def plain_names(path):
+    """The parameter names of a saved network (params and params_ema) that torch.compile's wrapper would prefix."""
+    checkpoint = read_checkpoint(path)
+    assert checkpoint['params'] and checkpoint['params_ema'], sorted(checkpoint)
+    return [k for key in ('params', 'params_ema') for k in checkpoint[key] if '_orig_mod' in k] == []
+
+
 @pytest.mark.slow
-def test_compiled_training_saves_plain_names_and_resumes_eagerly(paired_data, tmp_path):
-    opt = tiny_options(paired_data, 'compiled', total_iter=6, compile=True)
+def test_compiled_training_saves_plain_names_and_resumes_eagerly_and_back(paired_data, tmp_path):
+    """Compiled iterations 1-3, resumed eager for 4-6, resumed compiled for 7-9: plain names in every file."""
+    opt = tiny_options(paired_data, 'compiled', total_iter=3, compile=True)
     opt['logger'].update(save_checkpoint_freq=3, print_freq=3)
+    opt['train']['scheduler']['periods'] = [9]  # the schedule of the whole 9 iterations (resumed from the state)
     log = run_cli('train.py', opt, tmp_path, timeout=900)
     assert 'Training step: float32, compiled {}' in log
     exp = tmp_path / 'experiments' / 'compiled'
-    checkpoint = read_checkpoint(exp / 'models' / 'net_g_3.pth')
-    assert checkpoint['params'] and not [k for k in checkpoint['params'] if '_orig_mod' in k]
-    os.remove(exp / 'training_states' / '6.state')  # as if the run had stopped at iteration 3
-    opt['train']['compile'] = False
+    assert plain_names(exp / 'models' / 'net_g_3.pth')
+    opt['train'].update(compile=False, total_iter=6)
     log = run_cli('train.py', opt, tmp_path, '--auto_resume')
-    assert 'iter: 3.' in log and 'Training step: float32, eager' in log
+    assert 'Resuming training from epoch' in log and 'iter: 3.' in log and 'Training step: float32, eager' in log
+    assert plain_names(exp / 'models' / 'net_g_6.pth')
+    opt['train'].update(compile=True, total_iter=9)
+    log = run_cli('train.py', opt, tmp_path, '--auto_resume', timeout=900)
+    assert 'Resuming training from epoch' in log and 'iter: 6.' in log and 'Training step: float32, compiled {}' in log
+    assert log_values(log, 'l_pix') and plain_names(exp / 'models' / 'net_g_9.pth')
