@@ -14,6 +14,7 @@ import sys
 
 from pdnsr.cli import add_clip_arguments, add_view_argument, run_main
 from pdnsr.errors import UserError
+from pdnsr.export.onnx import MIN_OPSET, OPSET, check_opset
 
 FORMATS = {'.onnx': 'onnx', '.safetensors': 'spandrel'}
 
@@ -45,7 +46,7 @@ def build_parser(prog='pdnsr-export'):
         metavar='HxW',
         help='static input size and batch 1 instead of dynamic N, H, W (needed by SwinIR; e.g. 64x64)',
     )
-    onnx.add_argument('--opset', type=int, default=17, help='ONNX opset (>= 17; default 17)')
+    onnx.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (>= {MIN_OPSET}; default {OPSET})')
     return parser
 
 
@@ -80,6 +81,8 @@ def run(args):
 
     fmt = _format(args)
     fixed_size = _fixed_size(args.fixed_size)
+    if fmt == 'onnx':
+        check_opset(args.opset)
     # The packages of the deploy extra, before minutes of loading and encoding.
     for package in ('onnx', 'onnxruntime') if fmt == 'onnx' else ('spandrel', 'safetensors'):
         require(package, f'pdnsr-export --format {fmt}')

@@ -37,10 +37,35 @@ def to_compact(net, network_g):
     return compact.eval(), network_g
 
 
+def exported_record(record, network_g):
+    """The checkpoint's provenance ``record`` as it holds for the exported file: ``dcm.bank`` and
+    ``network_g.dcm.bank`` say the bank that is written (compact), ``dcm.trained_bank`` the one the checkpoint had.
+
+    Args:
+        record (dict | None): the checkpoint's ``'pdnsr'`` entry (:mod:`pdnsr.provenance`); None: none (older
+            checkpoints), returned as it is.
+        network_g (dict): the section the exported network is built from (:func:`to_compact`'s).
+
+    Returns:
+        dict | None: a new record; ``record`` is not modified.
+    """
+    bank = (network_g.get('dcm') or {}).get('bank')
+    if record is None or bank is None:  # no record, or a baseline: nothing about DCMs to restate
+        return copy.deepcopy(record)
+    record = copy.deepcopy(record)
+    if isinstance(record.get('dcm'), dict):
+        trained = record['dcm'].get('trained_bank', record['dcm'].get('bank'))
+        record['dcm'] = {**record['dcm'], 'bank': bank, 'trained_bank': trained}
+    if isinstance(record.get('network_g'), dict):  # as scripts/convert_dcm_bank.py restates it
+        record['network_g']['dcm'] = {**(record['network_g'].get('dcm') or {}), 'bank': bank}
+    return record
+
+
 def load_for_export(opt_path, weights_path):
     """``(network, network_g, record)``: the network of ``opt_path`` with the weights of ``weights_path`` (strict;
     a paper bank converted to compact, :func:`to_compact`), eval, on the CPU; its ``network_g`` section as
-    the result needs it; the checkpoint's provenance record (``'pdnsr'`` entry; None for older checkpoints).
+    the result needs it; the checkpoint's provenance record (``'pdnsr'`` entry; None for older checkpoints) as it
+    holds for the compact network (:func:`exported_record`).
 
     Raises:
         FileNotFoundError, ValueError: as :func:`pdnsr.inference.load_network` (the message names the first key
@@ -49,7 +74,7 @@ def load_for_export(opt_path, weights_path):
     net, _, record = load_network(opt_path, weights_path, torch.device('cpu'))
     network_g = dict(read_network_options(opt_path))
     net, network_g = to_compact(net, network_g)
-    return net.eval(), network_g, record
+    return net.eval(), network_g, exported_record(record, network_g)
 
 
 def input_channels(network_g):
