@@ -25,10 +25,13 @@ than loaded as its base architecture without the DCMs. Loading needs ``import pd
 built by basicsr's registry from ``network_g``.
 """
 
+import inspect
 import json
 
 import torch
 from basicsr.archs import build_network
+from basicsr.archs.rrdbnet_arch import RRDBNet
+from basicsr.archs.swinir_arch import SwinIR
 from torch import nn
 
 from pdnsr.errors import UserError
@@ -58,11 +61,42 @@ _PLUS_OF_BASE = {base: f'{base}Plus' for base in ('EDSR', 'RCAN', 'RDN', 'RRDBNe
 # Tiling: RCAN's channel attention pools over the whole input, so tiles never match the whole image (inference.md).
 _DISCOURAGED_TILING = ('RCANPlus',)
 
+# Without a stored config the keys say only the layout: a PromptGuided network on a base has the keys of the "+"
+# network of that base (same names, DCMs at the same places), so the message names both.
 NO_PROMPT = (
-    'this is a pdnsr {name} checkpoint (DCM keys dcms.*) without a stored prompt: spandrel calls a model with the '
-    'image alone, so the prompt must be in the file. Write one with: pdnsr-export --format spandrel --opt NET.yml '
-    '--weights MODEL.pth --prompt "a photo of ..." --output model.safetensors (docs/deploy.md)'
+    'this is a pdnsr checkpoint with DCMs (keys dcms.*{layout}) without a stored prompt: spandrel calls a model with '
+    'the image alone, so the prompt must be in the file. Write one with: pdnsr-export --format spandrel --opt '
+    'NET.yml --weights MODEL.pth --prompt "a photo of ..." --output model.safetensors (docs/deploy.md)'
 )
+
+
+def _layout(label):
+    """How :data:`NO_PROMPT` names what the keys look like for the entry of ``label``."""
+    if label == 'PromptGuided':
+        return ''
+    return f'; laid out as {label} or as a PromptGuided network on {label.rstrip("+")}'
+
+
+def _default(cls, name):
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
+def size_requirements(network_g):
+    """spandrel's ``SizeRequirements`` of the network ``network_g`` builds: what it needs of an input's size.
+
+    pdnsr's "+" networks take any size from 1 x 1 (measured): RRDBNet+ pads for its pixel-unshuffle at x2 / x1 and
+    SwinIR+ to a multiple of its window, by reflection, as pdnsr-infer runs them; so spandrel adds no padding of its
+    own and the output equals pdnsr's. A ``PromptGuided`` network is its base with DCMs: basicsr's RRDBNet needs
+    multiples of 2 (x2) / 4 (x1), its SwinIR multiples of the window (its SwinIRModel pads, the network does not),
+    EDSR / RCAN / RDN nothing; another base is not known here (spandrel's neutral requirements).
+    """
+    base = network_g.get('base') if network_g.get('type') == 'PromptGuided' else None
+    multiple = 1
+    if isinstance(base, dict) and base.get('type') == 'RRDBNet':
+        multiple = {2: 2, 1: 4}.get(int(base.get('scale', _default(RRDBNet, 'scale'))), 1)
+    elif isinstance(base, dict) and base.get('type') == 'SwinIR':
+        multiple = int(base.get('window_size', _default(SwinIR, 'window_size')))
+    return spandrel.SizeRequirements(minimum=0, multiple_of=multiple, square=False)
 
 
 def _has_dcms(state_dict):
@@ -118,7 +152,7 @@ class PdnsrArch(spandrel.Architecture):
     def load(self, state_dict):
         prompt, config = state_dict.get(PROMPT_KEY), read_config(state_dict)
         if not isinstance(prompt, torch.Tensor) or config is None:
-            raise spandrel.UnsupportedModelError(NO_PROMPT.format(name=self.label))
+            raise spandrel.UnsupportedModelError(NO_PROMPT.format(layout=_layout(self.label)))
         network_g = config['network_g']
         net = build_network(dict(network_g))
         if prompt.numel() != net.prompt_dim:
@@ -141,6 +175,7 @@ class PdnsrArch(spandrel.Architecture):
             scale=scale,
             input_channels=int(in_ch),
             output_channels=int(out_ch),
+            size_requirements=size_requirements(network_g),
             tiling=tiling,
         )
 

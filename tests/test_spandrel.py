@@ -9,9 +9,12 @@ import pytest
 import spandrel
 import torch
 from basicsr.archs.rrdbnet_arch import RRDBNet
-from deploy_util import PROMPTED, build, unit_prompts, write_model
+from deploy_util import PROMPT_DIM, PROMPTED, build, unit_prompts, write_model
+from safetensors.torch import load_file
 
 import pdnsr.spandrel
+from pdnsr import provenance
+from pdnsr.checkpoints import dcm_layout_of, network_layout
 from pdnsr.export.cli import main as export_main
 from pdnsr.export.onnx import psnr
 from pdnsr.inference import load_network, super_resolve
@@ -22,10 +25,10 @@ def installed():
     return pdnsr.spandrel.install()
 
 
-def _export(tmp_path, name, capsys):
-    """A checkpoint of PROMPTED[name] (paper bank), exported with a prompt file; returns (file, option, weights,
-    prompt)."""
-    opt, weights, _ = write_model(str(tmp_path), name, PROMPTED[name])
+def _export(tmp_path, name, capsys, record=None):
+    """A checkpoint of PROMPTED[name] (paper bank; provenance ``record``), exported with a prompt file; returns
+    (file, option, weights, prompt)."""
+    opt, weights, _ = write_model(str(tmp_path), name, PROMPTED[name], record=record)
     prompt = unit_prompts(1, seed=7)
     emb = tmp_path / f'{name}.npy'
     np.save(emb, prompt.numpy())
@@ -43,10 +46,10 @@ def test_install_is_idempotent_and_ahead_of_every_architecture():
     assert order[: len(ours)] == ours  # ahead of ESRGAN, SwinIR, RCAN and all others
 
 
-SLOW_NETWORKS = [pytest.param(name, marks=pytest.mark.slow) for name in ('RCANPlus', 'RRDBNetPlus')]
+SLOW_NETWORKS = [pytest.param(name, marks=pytest.mark.slow) for name in ('RCANPlus', 'RRDBNetPlus', 'SwinIRPlus')]
 
 
-@pytest.mark.parametrize('name', ['EDSRPlus', *SLOW_NETWORKS])
+@pytest.mark.parametrize('name', ['EDSRPlus', 'RDNPlus', *SLOW_NETWORKS])
 def test_exported_file_loads_and_equals_pdnsr(tmp_path, capsys, name):
     path, opt, weights, prompt = _export(tmp_path, name, capsys)
     model = spandrel.ModelLoader().load_from_file(str(path))
@@ -54,8 +57,11 @@ def test_exported_file_loads_and_equals_pdnsr(tmp_path, capsys, name):
     assert model.architecture.id == f'pdnsr.{name}'
     scale = PROMPTED[name].get('upscale', PROMPTED[name].get('scale'))
     assert (model.scale, model.input_channels, model.output_channels, model.purpose) == (scale, 3, 3, 'SR')
-    assert model.supports_half and model.supports_bfloat16  # measured below
+    assert [model.supports_half, model.supports_bfloat16] == list(pdnsr.spandrel.NETWORKS[name][2:])  # measured below
     assert model.tiling == (spandrel.ModelTiling.DISCOURAGED if name == 'RCANPlus' else spandrel.ModelTiling.SUPPORTED)
+    # The "+" networks pad themselves (RRDBNet+ x2 to even sizes, SwinIR+ to its window of 4): spandrel must not
+    # pad them its own way, so the 19x14 image below (odd, not a multiple of 4) is given to them as it is.
+    assert model.size_requirements == spandrel.SizeRequirements(minimum=0, multiple_of=1)
     net = load_network(opt, weights, 'cpu')[0]  # the paper-bank checkpoint, as pdnsr-infer runs it
     image = torch.rand(1, 3, 19, 14, generator=torch.Generator().manual_seed(0))
     error = float((model(image) - super_resolve(net, image, prompt)).abs().max())
@@ -70,13 +76,60 @@ def test_exported_file_loads_and_equals_pdnsr(tmp_path, capsys, name):
 
 def test_checkpoint_without_prompt_is_refused_not_loaded_as_esrgan(tmp_path):
     _, weights, _ = write_model(str(tmp_path), 'rrdb', PROMPTED['RRDBNetPlus'])
-    refused = r'pdnsr RRDBNet\+ checkpoint.*pdnsr-export --format spandrel'
+    refused = (
+        r'pdnsr checkpoint with DCMs \(keys dcms\.\*; laid out as RRDBNet\+ or as a PromptGuided network on '
+        r'RRDBNet\) without a stored prompt.*pdnsr-export --format spandrel'
+    )
     with pytest.raises(spandrel.UnsupportedModelError, match=refused):
         spandrel.ModelLoader().load_from_file(weights)
     for name in ('EDSRPlus', 'RCANPlus'):
         _, weights, _ = write_model(str(tmp_path), name, PROMPTED[name])
         with pytest.raises(spandrel.UnsupportedModelError, match='without a stored prompt'):
             spandrel.ModelLoader().load_from_file(weights)
+
+
+def test_prompt_guided_checkpoint_without_prompt_is_refused_by_a_message_that_fits_it(tmp_path):
+    """PromptGuided(RDN) with DCMs after rdbs.* has RDN+'s keys: without a config the keys cannot tell them apart,
+    so the message names both rather than calling it an RDN+ checkpoint."""
+    _, weights, _ = write_model(str(tmp_path), 'guided', PROMPTED['PromptGuided'])
+    with pytest.raises(spandrel.UnsupportedModelError) as err:
+        spandrel.ModelLoader().load_from_file(weights)
+    assert 'laid out as RDN+ or as a PromptGuided network on RDN) without a stored prompt' in str(err.value)
+
+
+def test_file_records_the_compact_bank_it_holds(tmp_path, capsys):
+    options = PROMPTED['EDSRPlus']
+    encoder = {'model_name': 'ViT-B-32', 'weights': 'random-seed-0', 'kind': 'text', 'view': None}
+    record = provenance.make_record(options, encoder, PROMPT_DIM, network_layout(build(options)))
+    path, *_ = _export(tmp_path, 'EDSRPlus', capsys, record=record)
+    tensors = load_file(str(path))
+    assert dcm_layout_of(tensors)['bank'] == 'compact'
+    config = pdnsr.spandrel.read_config(tensors)
+    assert config['network_g']['dcm'] == {'bank': 'compact'}
+    assert config['checkpoint']['dcm'] == {**record['dcm'], 'bank': 'compact', 'trained_bank': 'paper'}
+    assert config['checkpoint']['network_g']['dcm'] == {'bank': 'compact'}
+
+
+def test_prompt_guided_rrdbnet_x2_needs_even_sizes_and_spandrel_pads_them(tmp_path):
+    """basicsr's RRDBNet at x2 pixel-unshuffles by 2 and does not pad (RRDBNet+ does): as a PromptGuided base its
+    descriptor asks for multiples of 2, and spandrel's padding runs an odd image the bare network refuses."""
+    options = dict(
+        type='PromptGuided',
+        base=dict(type='RRDBNet', num_in_ch=3, num_out_ch=3, scale=2, num_feat=8, num_block=1, num_grow_ch=4),
+        dcm_after='body.*',
+        prompt_dim=PROMPT_DIM,
+    )
+    net = build(options)
+    path = tmp_path / 'guided_rrdb.safetensors'
+    pdnsr.spandrel.save_spandrel(str(path), net, options, unit_prompts(1))
+    model = spandrel.ModelLoader().load_from_file(str(path))
+    assert model.size_requirements == spandrel.SizeRequirements(minimum=0, multiple_of=2)
+    image = torch.rand(1, 3, 13, 10)
+    with torch.no_grad(), pytest.raises(AssertionError):  # basicsr's pixel_unshuffle asserts even sizes
+        net(image, unit_prompts(1))
+    assert model(image).shape == (1, 3, 26, 20)
+    even = torch.rand(1, 3, 12, 10)
+    assert (model(even) - super_resolve(net, even, unit_prompts(1))).abs().max() <= 1e-5
 
 
 def test_plain_basicsr_rrdbnet_still_loads_as_esrgan(tmp_path):
