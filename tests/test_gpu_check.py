@@ -1,5 +1,6 @@
 """scripts/gpu_check.py with --device cpu --quick: every step of the GPU check, on the CPU, as CI runs it."""
 
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,10 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     for run in ('EDSRPlus_fp32', 'EDSRPlus_fp16', 'EDSRPlus_bf16+cl+compile', 'RCANPlus_bf16+cl'):
         assert f'| {run} | ok |' in text, text
     assert 'validations' in text and '| EDSR+ / EDSR' in text and '| batch | variant |' in text
+    # torchrun really ran (2 gloo processes), and the step-time ratios of the CUDA targets are in the report.
+    assert '`torchrun --nproc_per_node=2` (gloo)' in text and ', distributed (world_size 2)' in text, text
+    assert re.search(r'- EDSR\+ bf16 \+ channels_last ÷ float32 \(ms / iteration after warm-up\): \*\*\d', text), text
+    assert '| ms / iteration 1–4 (after warm-up) |' in text
 
 
 def test_gpu_check_without_cuda_is_one_line():

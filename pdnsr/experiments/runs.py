@@ -3,7 +3,8 @@ tests.
 
 A run is basicsr's own pipeline, ``pdnsr/train.py`` or ``pdnsr/test.py`` (or another script that calls it), on an
 option dict written to ``<root>/<name>_<script>.yml``, with ``PDNSR_ROOT=<root>`` so that ``experiments/``,
-``results/`` and ``tb_logger/`` land there. ``nproc > 1`` starts it under ``torchrun`` (gloo on CPU, NCCL on CUDA).
+``results/`` and ``tb_logger/`` land there. ``nproc > 1`` (or ``launcher='torchrun'``, even for one process) starts it
+under ``torchrun`` (gloo on CPU, NCCL on CUDA).
 Small convolutions scale poorly across threads, so on a few cores several single-threaded runs at once
 (:func:`train_all`) finish sooner than the same runs one after another with all threads.
 """
@@ -70,6 +71,7 @@ def run_pipeline(
     on_line=None,
     env=None,
     kill_when=None,
+    launcher=None,
 ):
     """Run ``script`` on the option dict ``opt`` in a subprocess and wait for it.
 
@@ -79,6 +81,8 @@ def run_pipeline(
         script (str): 'train', 'test' (``pdnsr/<script>.py``) or the path of another script.
         args (tuple): more arguments after ``-opt FILE`` (e.g. ``--auto_resume``).
         nproc (int): processes; > 1 runs ``torchrun --nproc_per_node=nproc ... --launcher pytorch``.
+        launcher (str | None): 'torchrun' runs under torchrun for any ``nproc``, 1 included (a distributed run on
+            one device: process group, DDP wrapper, the distributed validation); None: torchrun only when nproc > 1.
         port (int): torchrun's master port (give each concurrent multi-process run its own).
         threads (int): OMP / MKL threads of each process.
         timeout (float | None): seconds before the run is killed (its result then has return code -9).
@@ -92,11 +96,13 @@ def run_pipeline(
     """
     from pdnsr.options import write_options
 
+    if launcher not in (None, 'torchrun'):
+        raise ValueError(f"run_pipeline: launcher must be None or 'torchrun', got {launcher!r}")
     label = script if script in ('train', 'test') else os.path.splitext(os.path.basename(script))[0]
     path = write_options(opt, os.path.join(root, f'{opt["name"]}_{label}.yml'))
     script_path = os.path.join(PDNSR_DIR, f'{script}.py') if script in ('train', 'test') else script
     command = [sys.executable, script_path, '-opt', path, *args]
-    if nproc > 1:
+    if nproc > 1 or launcher == 'torchrun':
         command = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}',
                    f'--master_port={port}', *command[1:], '--launcher', 'pytorch']  # fmt: skip
     environ = dict(os.environ, PDNSR_ROOT=str(root), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
