@@ -29,6 +29,7 @@ SCRIPTS = {
     'bench_prompt_data.py': ([], '| measurement | value |'),
     'bench_inference_memory.py': ([], '| network | LR input |'),
     'bench_onnx.py': ([], '| network | graph | PyTorch ms | onnxruntime ms |'),
+    'bench_train_step.py': ([], '| network | training step | median ms |'),
 }
 # Scripts that train through pdnsr/train.py on ../shared/data: a work folder each, and a skip when the data is absent.
 TRAINS = ('bench_quality.py', 'bench_prompt_information.py')
