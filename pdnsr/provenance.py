@@ -90,7 +90,19 @@ def same_space(a, b):
     return wa == wb
 
 
-def check_same_space(trained, given, trained_what, given_what, force=False, warn=None):
+def prompts_differ(trained, given):
+    """The fields (``kind``: text, image, mixed; ``view``) in which the prompts of two records differ, where both
+    say. The paper mixes text and image prompts in one CLIP space, so a difference is allowed, but it is not what
+    the model was trained on: worth a warning, never a refusal."""
+    return [f for f in ('kind', 'view') if None not in (trained.get(f), given.get(f)) and trained[f] != given[f]]
+
+
+def describe_prompts(record, fields):
+    """'kind image, view flip' (for messages)."""
+    return ', '.join(f'{f} {record.get(f)}' for f in fields)
+
+
+def check_same_space(trained, given, trained_what, given_what, force=False, warn=None, override='--force-encoder'):
     """Refuse prompts from another embedding space than the model's.
 
     Args:
@@ -99,21 +111,32 @@ def check_same_space(trained, given, trained_what, given_what, force=False, warn
         trained_what, given_what (str): what each comes from, for the message (a checkpoint path, a store path,
             ``--clip-pretrained X``).
         force (bool): warn instead of refusing (``--force-encoder``).
-        warn (callable | None): where the warning goes (default: raise nothing, print nothing).
+        warn (callable | None): where warnings go (None: nowhere): the forced mismatch, and prompts of the same
+            space but of another kind or view than training's (:func:`prompts_differ`).
+        override (str): what the user sets to force it, for the message (``force_encoder: true`` in an option file).
 
     Raises:
         UserError: the spaces differ and ``force`` is false; the message names both and the override.
     """
-    if trained is None or same_space(trained, given):
+    if trained is None:
+        return
+    if same_space(trained, given):
+        differ = prompts_differ(trained, given)
+        if differ and warn is not None:
+            warn(
+                f'{given_what} gives prompts of {describe_prompts(given, differ)} but {trained_what} was trained on '
+                f'prompts of {describe_prompts(trained, differ)}; one CLIP space, so they are used'
+            )
         return
     message = (
         f'{given_what} gives prompts of {describe(given)}, but {trained_what} was trained on prompts of '
         f'{describe(trained)}: its output would be meaningless'
     )
     if not force:
-        raise UserError(f'{message}; use the same encoder (--clip-model / --clip-pretrained) or pass --force-encoder')
+        verb = 'pass' if override.startswith('--') else 'set'
+        raise UserError(f'{message}; use the same encoder (--clip-model / --clip-pretrained) or {verb} {override}')
     if warn is not None:
-        warn(f'{message} (--force-encoder: continuing anyway)')
+        warn(f'{message} ({override}: continuing anyway)')
 
 
 def of_checkpoint(checkpoint):

@@ -24,7 +24,7 @@ from pdnsr.checkpoints import (
 )
 from pdnsr.data.image_files import image_key
 from pdnsr.models.model_mixins import CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZeroValidationMixin
-from pdnsr.models.run_checks import check_run_options
+from pdnsr.models.run_checks import check_pretrained_encoder, check_run_options
 from pdnsr.models.temperature import TemperatureSchedule, epoch_of_iter, iters_per_epoch
 from pdnsr.models.train_options import SpeedOptions
 from pdnsr.utils.visualization import overlay_heatmap
@@ -57,6 +57,7 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
         # running validation is about: set as training and validation go.
         self.prompt = self.temperature_schedule = self.current_temperature = self.scaler = None
         self._num_iter_per_epoch = self._val_context = None
+        self._warned = set()
         super().__init__(opt)
         self.prompt_dim = getattr(self.get_bare_model(self.net_g), 'prompt_dim', None)
         self._train_net = self.net_g
@@ -88,19 +89,18 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
         net.load_state_dict(state, strict=strict)
         record = provenance.of_checkpoint(checkpoint)
         if record is None and takes_prompt(net):
-            get_root_logger().warning(
+            self._warn_once(
                 f'{load_path} does not record the prompt encoder it was trained with (an older or a basicsr '
                 'checkpoint): make sure the prompt stores come from the same CLIP model and weights'
             )
-        elif record is not None and self.stores_record is not None:
-            provenance.check_same_space(
-                record.get('prompt_encoder'),
-                self.stores_record,
-                load_path,
-                'the prompt stores of this option file',
-                force=bool(self.opt.get('force_encoder')),
-                warn=get_root_logger().warning,
-            )
+        else:  # pdnsr/train.py and pdnsr/test.py refused a mismatch before any folder (preflight); this one warns
+            check_pretrained_encoder(record, self.stores_record, self.opt, load_path, self._warn_once)
+
+    def _warn_once(self, message):
+        """basicsr's logger, each message once (training loads ``pretrain_network_g`` into net_g and net_g_ema)."""
+        if message not in self._warned:
+            self._warned.add(message)
+            get_root_logger().warning(message)
 
     def init_training_settings(self):
         super().init_training_settings()

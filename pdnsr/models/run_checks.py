@@ -17,6 +17,7 @@ from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
 from pdnsr import provenance
 from pdnsr.archs.dcm_arch import type_takes_prompt
 from pdnsr.archs.network_options import check_network_options
+from pdnsr.checkpoints import adapt_dcm_layout, fit_state_dict, read_checkpoint, state_dict_of
 from pdnsr.data.prompt_store import PromptStore
 from pdnsr.models.temperature import TemperatureSchedule
 from pdnsr.models.train_options import SpeedOptions, unknown_train_keys
@@ -34,6 +35,8 @@ def check_run_options(opt, warn=None):
         training store's when there is one; None for a network without prompts.
     """
     check_network_options(opt['network_g'])
+    if not isinstance(opt.get('force_encoder', False), bool):
+        raise ValueError(f'force_encoder must be true or false, got {opt["force_encoder"]!r}')
     if opt.get('num_gpu') and opt['num_gpu'] != 'auto' and not torch.cuda.is_available():
         raise ValueError(
             f'num_gpu: {opt["num_gpu"]} but this machine has no CUDA device; set num_gpu: 0 (CPU) or num_gpu: auto'
@@ -73,13 +76,14 @@ def check_run_options(opt, warn=None):
                     f'{path} holds prompt embeddings of size {store.dim} but network_g.prompt_dim is {prompt_dim}; '
                     f'build the store with a CLIP model of size {prompt_dim} or set prompt_dim: {store.dim}'
                 )
+            store.verify()  # every value's length now, not in a DataLoader worker after basicsr made its folders
             records[phase] = provenance.encoder_record(store.meta)
             store.close()
         except (OSError, ValueError) as err:
             raise type(err)(f'datasets.{phase}.dataroot_prompt: {err}') from None
     if not records:
         return None
-    first = 'train' if 'train' in records else next(iter(records))
+    first = _main_phase(records)
     for phase, record in records.items():
         if not provenance.same_space(records[first], record):
             raise ValueError(
@@ -88,6 +92,59 @@ def check_run_options(opt, warn=None):
                 f'from one encoder; rebuild one of the stores'
             )
     return records[first]
+
+
+def _main_phase(phases):
+    """The dataset whose prompt store names the run's embedding space: ``train`` if there is one, else the first."""
+    return 'train' if 'train' in phases else next(iter(phases))
+
+
+def check_pretrained_encoder(record, stores_record, opt, load_path, warn=None):
+    """The prompt encoder a checkpoint records (``record``: its ``'pdnsr'`` entry, or None) against the run's prompt
+    stores (``stores_record``, :func:`check_run_options`): refused when they differ unless ``force_encoder: true``.
+
+    Args:
+        warn (callable | None): where the warning of a forced mismatch, and of prompts of another kind or view than
+            training's, go (None: nowhere; :func:`preflight` only refuses, PDNModel warns once when it loads).
+
+    Raises:
+        UserError: one line naming the checkpoint, the store and both encoders.
+    """
+    if record is None or stores_record is None:
+        return
+    stores = {p: d['dataroot_prompt'] for p, d in (opt.get('datasets') or {}).items() if d.get('dataroot_prompt')}
+    phase = _main_phase(stores)
+    provenance.check_same_space(
+        record.get('prompt_encoder'),
+        stores_record,
+        load_path,
+        f'datasets.{phase}.dataroot_prompt {stores[phase]}',
+        force=opt.get('force_encoder', False),
+        warn=warn,
+        override='force_encoder: true in the option file',
+    )
+
+
+def check_pretrained_network(opt, net, stores_record):
+    """``path.pretrain_network_g`` read and fitted to ``net`` as PDNModel will load it (strict: every key and shape;
+    ``strict_load_g: false``: the DCM bank and router), and its prompt encoder checked against the run's stores.
+
+    Raises:
+        ValueError / UserError: one line naming the file and what to set (``dcm: {bank: compact}``, ``dcm: {router:
+            paper}``, the option file the model was trained with, ``force_encoder: true``).
+    """
+    path_opt = opt.get('path') or {}
+    load_path = path_opt.get('pretrain_network_g')
+    if not load_path:
+        return
+    load_path = os.path.expanduser(load_path)
+    checkpoint = read_checkpoint(load_path, 'path.pretrain_network_g')
+    state, used = state_dict_of(checkpoint, load_path, path_opt.get('param_key_g', 'params'))
+    if path_opt.get('strict_load_g', True):
+        fit_state_dict(net, state, load_path, used)
+    else:
+        adapt_dcm_layout(net, state, load_path)
+    check_pretrained_encoder(provenance.of_checkpoint(checkpoint), stores_record, opt, load_path)
 
 
 def read_options(argv, is_train):
@@ -123,13 +180,17 @@ def read_options(argv, is_train):
 
 def preflight(kind, argv=None):
     """The checks of :func:`check_run_options` on the options of ``pdnsr/<kind>.py``, plus building the network once
-    on the CPU (its constructor's own checks); raises before basicsr touches a folder."""
+    on the CPU (its constructor's own checks) and fitting ``path.pretrain_network_g`` to it
+    (:func:`check_pretrained_network`); raises before basicsr touches a folder."""
     from basicsr.utils.registry import ARCH_REGISTRY
 
     opt = read_options(sys.argv[1:] if argv is None else argv, kind == 'train')
-    check_run_options(opt, warn=lambda message: print(f'pdnsr-{kind}: warning: {message}', file=sys.stderr))
+    stores_record = check_run_options(
+        opt, warn=lambda message: print(f'pdnsr-{kind}: warning: {message}', file=sys.stderr)
+    )
     try:
         args = {k: v for k, v in opt['network_g'].items() if k != 'type'}
-        ARCH_REGISTRY.get(opt['network_g']['type'])(**args)  # not basicsr's build_network: it logs
+        net = ARCH_REGISTRY.get(opt['network_g']['type'])(**args)  # not basicsr's build_network: it logs
     except (TypeError, ValueError) as err:
         raise ValueError(f'network_g: {" ".join(str(err).split())}') from None
+    check_pretrained_network(opt, net, stores_record)
