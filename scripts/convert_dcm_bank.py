@@ -20,7 +20,7 @@ import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
 
 from pdnsr import provenance  # noqa: E402
 from pdnsr.archs.dcm_arch import convert_state_dict_to_compact  # noqa: E402
-from pdnsr.checkpoints import read_checkpoint, save_checkpoint  # noqa: E402
+from pdnsr.checkpoints import dcm_layout_of, read_checkpoint, save_checkpoint  # noqa: E402
 from pdnsr.cli import run_main  # noqa: E402
 
 PARAM_KEYS = ('params', 'params_ema')
@@ -44,10 +44,13 @@ def convert_checkpoint(src, dst):
             f'it is already compact or has no DCMs'
         )
     record = provenance.of_checkpoint(checkpoint)
-    if record is not None:  # the model's record follows it, with the bank it now has
+    if record is not None and keys:  # the model's record follows it, with the layout it now has (read from its keys)
         record = copy.deepcopy(record)
-        record['dcm'] = {**(record.get('dcm') or {}), 'bank': 'compact'}
-        record['network_g']['dcm'] = {**(record['network_g'].get('dcm') or {}), 'bank': 'compact'}
+        layout = dcm_layout_of(out[keys[0]])  # a record comes with params / params_ema
+        record['dcm'] = {**(record.get('dcm') or {}), **{k: v for k, v in layout.items() if v is not None}}
+        network_g = record.get('network_g')
+        if isinstance(network_g, dict):  # an older or hand-made record may lack the section
+            network_g['dcm'] = {**(network_g.get('dcm') or {}), 'bank': layout['bank']}
         out[provenance.KEY] = record
     save_checkpoint(out, dst)
     return counts
