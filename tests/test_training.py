@@ -76,8 +76,16 @@ def test_train_end_to_end(paired_data, tmp_path, net_type):
     assert {'net_g_10.pth', 'net_g_40.pth', 'net_g_latest.pth'} <= set(os.listdir(exp / 'models'))
     assert {'10.state', '40.state'} <= set(os.listdir(exp / 'training_states'))
     assert glob.glob(str(tmp_path / 'tb_logger' / opt['name'] / 'events.out.tfevents.*'))
-    ckpt = torch.load(exp / 'models' / 'net_g_40.pth', map_location='cpu')
-    assert set(ckpt) == {'params', 'params_ema'}
+    ckpt = torch.load(exp / 'models' / 'net_g_40.pth', map_location='cpu', weights_only=True)
+    assert set(ckpt) == {'params', 'params_ema', 'pdnsr'}
+    # The record of its prompts (pdnsr.provenance): the image store of paired_data, made by the seed-0 random CLIP.
+    assert ckpt['pdnsr'] == {
+        'format': 1,
+        'prompt_encoder': {'model_name': 'ViT-B-32', 'weights': 'random-seed-0', 'kind': 'image', 'view': 'flip'},
+        'prompt_dim': 512,
+        'dcm': {'bank': 'paper', 'router': 'scaled'},
+        'network_g': opt['network_g'],
+    }
     # 6 images / batch 2 = 3 iterations per epoch; T drops by 3 every epoch: epoch 13 (iter 40) -> 34 - 39 < 1.
     temps = [k for k in ckpt['params_ema'] if k.endswith('temperature')]
     assert temps and all(ckpt['params_ema'][k].item() == 1.0 and ckpt['params'][k].item() == 1.0 for k in temps)
