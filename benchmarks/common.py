@@ -131,6 +131,13 @@ def print_table(headers, rows):
     print(markdown_table(headers, rows) + '\n', flush=True)
 
 
+def mean_std(values, digits):
+    """'mean ± std' of ``values`` (the value alone when there is one) with ``digits`` decimals."""
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
+
+
 def fwd_bwd(net, inputs, grad_out=None):
     """Closure running forward + backward of ``net(*inputs)`` against a fixed output gradient (grads zeroed)."""
     state = {'grad': grad_out}
