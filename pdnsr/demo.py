@@ -23,7 +23,6 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
-from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils.matlab_functions import imresize
 
 from pdnsr.cli import add_clip_arguments, run_main
@@ -31,9 +30,9 @@ from pdnsr.data.captioned_degradations import get_degradations, swapped
 from pdnsr.data.image_files import write_image
 from pdnsr.errors import UserError
 from pdnsr.experiments import prompt_information as pi
-from pdnsr.experiments.runs import RunFailed
+from pdnsr.experiments.runs import RunFailed, train_all
 from pdnsr.options import write_options
-from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
+from pdnsr.prompts.encoder import RANDOM_TAGS
 from pdnsr.utils.sample_data import sample_photos
 from pdnsr.utils.visualization import labelled_grid, overlay_heatmap
 
@@ -112,38 +111,24 @@ def worst_window(bicubic, hr, size):
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(sums)), sums.shape))
 
 
-def metrics(img, hr):
-    """(PSNR, SSIM) of uint8 BGR ``img`` against ``hr``: Y channel, ``SCALE`` border pixels cropped."""
-    return (
-        calculate_psnr(img, hr, SCALE, test_y_channel=True),
-        calculate_ssim(img, hr, SCALE, test_y_channel=True),
-    )
-
-
 def comparison_picture(images, scores, window):
     """``comparison.png``: a row per blur: bicubic, EDSR, EDSR+ with the right and the wrong caption, HR, cropped to
     ``window`` (top, left, size), ``ZOOM`` times larger; ``images[blur][method]`` uint8 BGR, ``scores`` likewise."""
     top, left, size = window
 
-    def panel(img):
-        return cv2.resize(img[top : top + size, left : left + size], None, fx=ZOOM, fy=ZOOM, interpolation=0)
+    def panel(deg, key, title):
+        label = f'{deg}: {title}' + (f' {scores[deg][key][0]:.2f}' if key in scores[deg] else '')
+        crop = images[deg][key][top : top + size, left : left + size]
+        return label, cv2.resize(crop, None, fx=ZOOM, fy=ZOOM, interpolation=cv2.INTER_NEAREST)
 
-    return labelled_grid(
-        [
-            [
-                (f'{d.name}: {title}' + (f' {scores[d.name][k][0]:.2f}' if k in scores[d.name] else ''), panel(img))
-                for k, title in (*METHODS, ('hr', 'HR'))
-                for img in [images[d.name][k]]
-            ]
-            for d in DEGRADATIONS
-        ]
-    )
+    return labelled_grid([[panel(d.name, *m) for m in (*METHODS, ('hr', 'HR'))] for d in DEGRADATIONS])
 
 
 def attention_picture(images, masks, out):
     """``attention.png``: a row per blur, the masks of the first and the last DCM under the right and the wrong
-    caption over the SR image; each panel is also written on its own."""
-    rows = []
+    caption over the SR image; each panel is also written on its own. Returns the picture and a line per blur and
+    DCM comparing the two captions' masks."""
+    rows, lines = [], []
     for deg in DEGRADATIONS:
         rows.append([])
         for i in (min(masks[deg.name]['right']), max(masks[deg.name]['right'])):
@@ -151,7 +136,12 @@ def attention_picture(images, masks, out):
                 overlay = overlay_heatmap(images[deg.name][which], masks[deg.name][which][i][0, 0])
                 write_image(os.path.join(out, f'attention_{deg.name}_dcm{i}_{FILE_TAG[which]}.png'), overlay)
                 rows[-1].append((f'{deg.name} input, DCM {i}, {FILE_TAG[which]} caption', overlay))
-    return labelled_grid(rows)
+            a, b = masks[deg.name]['right'][i], masks[deg.name]['swapped'][i]
+            lines.append(
+                f'      {deg.name} input, DCM {i}: mean mask {a.mean():.3f} (right) / {b.mean():.3f} (wrong), '
+                f'mean |difference| {(a - b).abs().mean():.3f}'
+            )
+    return labelled_grid(rows), lines
 
 
 def markdown_table(scores, caption):
@@ -187,20 +177,9 @@ def run(args):
         f'[1/5] blurring training tiles and encoding their captions with CLIP {args.clip_model} '
         f'(pretrained={args.clip_pretrained})'
     )
-    encoder = PromptEncoder(args.clip_model, None if random_clip else args.clip_pretrained, 'cpu', seed=args.seed)
     photos = {name: np.ascontiguousarray(rgb[..., ::-1]) for name, rgb in sample_photos().items()}
     test = {HOLDOUT: {HOLDOUT: photos.pop(HOLDOUT)}}
-    data = pi.prepare(
-        recipe,
-        photos,
-        test,
-        os.path.join(out, 'data'),
-        encoder,
-        'random' if random_clip else 'clip',
-        data_seed=args.seed,
-    )
-    prompt_dim = encoder.embed_dim
-    del encoder  # ~600 MB of CLIP weights are not needed during training
+    data = pi.prepare(recipe, photos, test, os.path.join(out, 'data'), args.clip_model, args.clip_pretrained, args.seed)
     assignment = data['train']['assignment']
     counts = ', '.join(f'{sum(v is d for v in assignment.values())} {d.name}' for d in DEGRADATIONS)
     print(
@@ -210,10 +189,8 @@ def run(args):
 
     print(f'[2/5] training EDSR and EDSR+ ({recipe.iters} iterations each, both at once)')
     os.makedirs(os.path.join(out, 'options'), exist_ok=True)
-    run_opts = {kind: pi.run_options(recipe, kind, args.seed, data['train'], prompt_dim) for kind in LABELS}
-    paths = {
-        kind: write_options(o, os.path.join(out, 'options', f'train_demo_{kind}.yml')) for kind, o in run_opts.items()
-    }
+    run_opts = {kind: pi.run_options(recipe, kind, args.seed, data['train'], data['prompt_dim']) for kind in LABELS}
+    paths = {k: write_options(o, os.path.join(out, 'options', f'train_demo_{k}.yml')) for k, o in run_opts.items()}
     lock, t_train, names = threading.Lock(), time.time(), {o['name']: LABELS[k] for k, o in run_opts.items()}
 
     def show(name, line):
@@ -222,44 +199,34 @@ def run(args):
             with lock:
                 print(f'    {names[name]:<5}  {summary}')
 
-    weights = pi.train(
-        run_opts,
-        out,
-        jobs=2,
-        reuse=False,
-        on_line=show,
-        on_done=lambda name, s: print(f'    {names[name]:<5}  done in {s:.0f} s'),
-    )
+    def done(name, seconds):
+        print(f'    {names[name]:<5}  done in {seconds:.0f} s')
+
+    weights = train_all(list(run_opts.values()), out, jobs=2, on_line=show, on_done=done)
     t_train = time.time() - t_train
 
     print(f'[3/5] super-resolving the held-out photo {HOLDOUT!r} x{SCALE} under each blur')
-    res = {kind: pi.evaluate(paths[kind], weights[kind], data['tests'], SCALE, kind == 'plus', True) for kind in LABELS}
-    images, scores, masks = {}, {}, {}
+    images, masks, scores = {}, {}, {}
+    for kind, opt in run_opts.items():
+        res = pi.evaluate(paths[kind], weights[opt['name']], data['tests'], SCALE, kind == 'plus', keep_images=True)
+        for deg in DEGRADATIONS:
+            images.setdefault(deg.name, {}).update(res['images'][HOLDOUT][deg.name])
     for deg in DEGRADATIONS:
-        lr = cv2.imread(os.path.join(data['tests'][HOLDOUT, deg.name][1], f'{HOLDOUT}.png'), cv2.IMREAD_COLOR)
-        plus = res['plus']['images'][HOLDOUT][deg.name]
-        masks[deg.name] = {m: plus[m][1] for m in ('right', 'swapped')}
-        images[deg.name] = imgs = {m: plus[m][0] for m in ('right', 'swapped')}
-        imgs.update(hr=res['plus']['hr'][HOLDOUT][deg.name], bicubic=bicubic_up(lr))
-        imgs['baseline'] = res['baseline']['images'][HOLDOUT][deg.name]['baseline'][0]
-        scores[deg.name] = {k: metrics(imgs[k], imgs['hr']) for k, _ in METHODS}
-        for key in ('baseline', 'right', 'swapped'):
-            write_image(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{FILE_TAG[key]}.png'), imgs[key])
+        imgs, masks[deg.name] = images[deg.name], images[deg.name]['masks']
+        imgs['bicubic'] = bicubic_up(cv2.imread(os.path.join(data['tests'][HOLDOUT, deg.name][1], f'{HOLDOUT}.png')))
+        scores[deg.name] = {k: pi.score(imgs[k], imgs['hr'], SCALE) for k, _ in METHODS}
+        for key, tag in FILE_TAG.items():
+            write_image(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{tag}.png'), imgs[key])
 
     print('[4/5] writing comparison.png and attention.png')
-    hr = images[DEGRADATIONS[-1].name]['hr']
+    hr, bicubic = images[DEGRADATIONS[-1].name]['hr'], images[DEGRADATIONS[-1].name]['bicubic']
     size = min(CROP, *hr.shape[:2])
-    top, left = worst_window(images[DEGRADATIONS[-1].name]['bicubic'], hr, size)  # one window for every row
+    top, left = worst_window(bicubic, hr, size)  # one window for every row
     write_image(os.path.join(out, 'comparison.png'), comparison_picture(images, scores, (top, left, size)))
-    write_image(os.path.join(out, 'attention.png'), attention_picture(images, masks, out))
+    attention, lines = attention_picture(images, masks, out)
+    write_image(os.path.join(out, 'attention.png'), attention)
     print(f'    comparison crop at (top {top}, left {left}), {size} px; attention masks, right / wrong caption:')
-    for deg in DEGRADATIONS:
-        for i in (min(masks[deg.name]['right']), max(masks[deg.name]['right'])):
-            a, b = masks[deg.name]['right'][i], masks[deg.name]['swapped'][i]
-            print(
-                f'      {deg.name} input, DCM {i}: mean mask {a.mean():.3f} (right) / {b.mean():.3f} (wrong), '
-                f'mean |difference| {(a - b).abs().mean():.3f}'
-            )
+    print('\n'.join(lines))
 
     print('[5/5] results')
     captions = '; '.join(

@@ -12,7 +12,6 @@ its full preset on BSD68 + SunHays80 (training) and Set5 / Set14 (testing), with
 """
 
 import os
-import statistics
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -27,21 +26,20 @@ from pdnsr.archs.plus_util import DCM_OPTIONS
 from pdnsr.data.captioned_degradations import assign_degradations, captions_of, get_degradations, write_degraded_pair
 from pdnsr.data.prompt_paired_image_dataset import PromptPairedImageDataset
 from pdnsr.data.prompt_store import PromptStore
-from pdnsr.experiments.runs import hashed_name, train_all
+from pdnsr.experiments.runs import hashed_name
 from pdnsr.inference import load_network, super_resolve
 from pdnsr.prompts.build import build_prompt_store
+from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 
-# --network NAME -> (baseline type, "+" type, the network_g arguments both take from a recipe).
-NETWORK_PAIRS = {
-    'EDSR': ('EDSR', 'EDSRPlus', lambda r: dict(num_feat=r.num_feat, num_block=r.num_block)),
-    'RRDBNet': ('RRDBNet', 'RRDBNetPlus', lambda r: dict(num_feat=r.num_feat, num_block=r.num_block,
-                                                         num_grow_ch=r.num_feat // 2)),  # ESRGAN's 64 / 32
-}  # fmt: skip
+# --network NAME -> (baseline type, "+" type); both take the recipe's num_feat and num_block.
+NETWORK_PAIRS = {'EDSR': ('EDSR', 'EDSRPlus'), 'RRDBNet': ('RRDBNet', 'RRDBNetPlus')}
 # basicsr's RRDBNet pixel-unshuffles by 2 at x2: odd LR sizes are reflection-padded (as RRDBNetPlus does itself).
 INPUT_MULTIPLE = {'RRDBNet': 2}
 DEFAULT_ROUTER = DCM_OPTIONS['router']
 PLUS_MODES = ('right', 'swapped', 'zero')  # which prompt the "+" network is given at test time
 SATURATED = 0.02  # a mask value below this or above 1 - this counts as saturated
+# Per-DCM statistics of an attention mask (1, 1, h, w): its mean, and its share of saturated values.
+MASK_STATS = {'mask': torch.mean, 'saturated': lambda m: ((m < SATURATED) | (m > 1 - SATURATED)).float().mean()}
 
 
 @dataclass(frozen=True)
@@ -82,31 +80,28 @@ def tiles(img, size, centre_crop=None):
     """Non-overlapping ``size`` x ``size`` tiles of ``img`` in row order (the whole image if it is smaller), after
     an optional centre crop to ``centre_crop``."""
     if centre_crop:
-        top, left = max(0, (img.shape[0] - centre_crop) // 2), max(0, (img.shape[1] - centre_crop) // 2)
+        top, left = (max(0, (side - centre_crop) // 2) for side in img.shape[:2])
         img = img[top : top + centre_crop, left : left + centre_crop]
-    if img.shape[0] < size or img.shape[1] < size:
+    if min(img.shape[:2]) < size:
         return [img]
-    return [
-        np.ascontiguousarray(img[top : top + size, left : left + size])
-        for top in range(0, img.shape[0] - size + 1, size)
-        for left in range(0, img.shape[1] - size + 1, size)
-    ]
+    rows, cols = (range(0, side - size + 1, size) for side in img.shape[:2])
+    return [np.ascontiguousarray(img[y : y + size, x : x + size]) for y in rows for x in cols]
 
 
-def _done(folder, write=False):
-    """Whether ``folder`` was written completely (``write``: mark it so); its files are written before the mark."""
-    if write:
+def _pairs(folder, lr_name, items, scale):
+    """Write ``items`` ({key: (HR image, degradation)}) as ``folder/HR`` / ``folder/<lr_name>`` pairs unless a
+    finished folder is there (``done.json``, written last); returns the two folders."""
+    hr, lr = os.path.join(folder, 'HR'), os.path.join(folder, lr_name)
+    if not os.path.exists(os.path.join(folder, 'done.json')):
+        for path in (hr, lr):
+            os.makedirs(path, exist_ok=True)
+        for key, (img, deg) in items.items():
+            write_degraded_pair(img, deg, scale, key, hr, lr)
         open(os.path.join(folder, 'done.json'), 'w').close()
-    return os.path.exists(os.path.join(folder, 'done.json'))
+    return hr, lr
 
 
-def _store(encoder, path, captions):
-    if not os.path.exists(path):
-        build_prompt_store('text', path, encoder, captions=captions, progress=False)
-    return path
-
-
-def prepare(recipe, train_images, test_sets, data_dir, encoder, clip_tag, data_seed=0):
+def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrained, seed=0):
     """Write the training pairs (one degradation per tile) and every test image under every degradation, with
     their prompt stores; a folder finished before (``done.json``) is reused.
 
@@ -114,49 +109,43 @@ def prepare(recipe, train_images, test_sets, data_dir, encoder, clip_tag, data_s
         train_images (dict[str, np.ndarray]): name -> HR image (H, W, 3) uint8 BGR.
         test_sets (dict[str, dict[str, np.ndarray]]): set name -> {key: HR image}.
         data_dir (str): where the data goes.
-        encoder (PromptEncoder): encodes the captions.
-        clip_tag (str): names the stores after the CLIP weights.
+        clip_model, clip_pretrained (str): the CLIP encoder of the captions (random weights, seeded with ``seed``,
+            for a tag of ``RANDOM_TAGS``); its stores are named after the weights.
+        seed (int): of the degradation assignment and of random CLIP weights.
 
     Returns:
         dict: ``train`` (hr, lr, prompts, assignment) and ``tests`` {(set, degradation name): (hr, lr, right,
-        swapped)} folder / store paths.
+        swapped)} folder / store paths; ``prompt_dim``; ``caption_embeddings`` (K, prompt_dim), one per degradation.
     """
+    random_clip = clip_pretrained in RANDOM_TAGS
+    encoder = PromptEncoder(clip_model, None if random_clip else clip_pretrained, 'cpu', seed=seed)
+    clip_tag = 'random' if random_clip else os.path.basename(clip_pretrained)
+
+    def store(folder, kind, given, wrong_from=None):
+        path = os.path.join(folder, f'{kind}_{clip_tag}.lmdb')
+        if not os.path.exists(path):
+            build_prompt_store('text', path, encoder, captions=captions_of(given, wrong_from), progress=False)
+        return path
+
     degradations = get_degradations(recipe.degradations)
     crops = {
         f'{name}_s{i:03d}': t
         for name, img in train_images.items()
         for i, t in enumerate(tiles(img, recipe.tile, recipe.centre_crop), 1)
     }
-    assignment = assign_degradations(crops, degradations, seed=data_seed)
+    assignment = assign_degradations(crops, degradations, seed=seed)
     train_dir = os.path.join(data_dir, 'train')
-    hr, lr = os.path.join(train_dir, 'HR'), os.path.join(train_dir, f'LRx{recipe.scale}')
-    if not _done(train_dir):
-        for folder in (hr, lr):
-            os.makedirs(folder, exist_ok=True)
-        for key, tile in crops.items():
-            write_degraded_pair(tile, assignment[key], recipe.scale, key, hr, lr)
-        _done(train_dir, write=True)
-    train = dict(hr=hr, lr=lr, assignment=assignment)
-    train['prompts'] = _store(encoder, os.path.join(train_dir, f'prompts_{clip_tag}.lmdb'), captions_of(assignment))
+    hr, lr = _pairs(train_dir, f'LRx{recipe.scale}', {k: (t, assignment[k]) for k, t in crops.items()}, recipe.scale)
+    train = dict(hr=hr, lr=lr, assignment=assignment, prompts=store(train_dir, 'prompts', assignment))
     tests = {}
     for set_name, images in test_sets.items():
         for deg in degradations:
-            folder = os.path.join(data_dir, 'test', set_name, deg.name)
-            thr, tlr = os.path.join(folder, 'HR'), os.path.join(folder, 'LR')
-            if not _done(folder):
-                for path in (thr, tlr):
-                    os.makedirs(path, exist_ok=True)
-                for key, img in images.items():
-                    write_degraded_pair(img, deg, recipe.scale, key, thr, tlr)
-                _done(folder, write=True)
-            given = {key: deg for key in images}
-            tests[set_name, deg.name] = (
-                thr,
-                tlr,
-                _store(encoder, os.path.join(folder, f'right_{clip_tag}.lmdb'), captions_of(given)),
-                _store(encoder, os.path.join(folder, f'swapped_{clip_tag}.lmdb'), captions_of(given, degradations)),
-            )
-    return dict(train=train, tests=tests)
+            folder, given = os.path.join(data_dir, 'test', set_name, deg.name), dict.fromkeys(images, deg)
+            pairs = _pairs(folder, 'LR', {key: (img, deg) for key, img in images.items()}, recipe.scale)
+            stores = store(folder, 'right', given), store(folder, 'swapped', given, degradations)
+            tests[set_name, deg.name] = (*pairs, *stores)
+    embeddings = encoder.encode_text([d.caption for d in degradations])
+    return dict(train=train, tests=tests, prompt_dim=encoder.embed_dim, caption_embeddings=embeddings)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -172,57 +161,31 @@ def temperature_every(recipe, n_train, enlarge=1):
 def run_options(recipe, kind, seed, train, prompt_dim):
     """The option dict of one training run: ``kind`` 'baseline' or 'plus'; a baseline and its "+" twin share it
     but for the network type, the dataset type and the DCM temperature."""
-    net_type = NETWORK_PAIRS[recipe.network][0 if kind == 'baseline' else 1]
-    prompted = kind == 'plus'
-    network_g = opts.network(
-        net_type, recipe.scale, prompt_dim, recipe.dcm if prompted else None, **NETWORK_PAIRS[recipe.network][2](recipe)
-    )
+    r, prompted = recipe, kind == 'plus'
+    net_type = NETWORK_PAIRS[r.network][1 if prompted else 0]
+    size = dict(num_feat=r.num_feat, num_block=r.num_block)
+    if r.network == 'RRDBNet':
+        size['num_grow_ch'] = r.num_feat // 2  # ESRGAN's 64 / 32
+    network_g = opts.network(net_type, r.scale, prompt_dim, r.dcm if prompted else None, **size)
     n_train = len(train['assignment'])
     # A few dozen tiles are fewer than some batches; basicsr drops the last incomplete batch: repeat the list.
-    enlarge = max(1, -(-2 * recipe.batch // n_train))
-    train_set = opts.train_dataset(
-        recipe.dataset_name,
-        train['hr'],
-        train['lr'],
-        recipe.gt_size,
-        recipe.batch,
-        train['prompts'],
-        prompted,
-        enlarge=enlarge,
-    )
-    opt = opts.train_options(
-        f'demo_{kind}',
-        network_g,
-        train_set,
-        recipe.scale,
-        recipe.iters,
-        recipe.lr,
-        seed=seed,
-        warmup_iter=recipe.warmup,
-        ema_decay=recipe.ema_decay,
-        betas=recipe.betas,
-        eta_min=recipe.eta_min,
-        temperature=dict(init=34, step=3, every_epochs=temperature_every(recipe, n_train, enlarge), min=1),
-        print_freq=max(1, recipe.iters // recipe.log_lines),
-        checkpoint_freq=10**9 if recipe.demo_names else None,
-    )
-    if not recipe.demo_names:  # named after the whole recipe: a changed recipe never reuses an old run
+    enlarge = max(1, -(-2 * r.batch // n_train))
+    dataset_args = (r.dataset_name, train['hr'], train['lr'], r.gt_size, r.batch, train['prompts'], prompted)
+    temperature = dict(init=34, step=3, every_epochs=temperature_every(r, n_train, enlarge), min=1)
+    steps = dict(warmup_iter=r.warmup, ema_decay=r.ema_decay, betas=r.betas, eta_min=r.eta_min, temperature=temperature)
+    log = dict(print_freq=max(1, r.iters // r.log_lines), checkpoint_freq=10**9 if r.demo_names else None)
+    train_set = opts.train_dataset(*dataset_args, enlarge=enlarge)
+    opt = opts.train_options(f'demo_{kind}', network_g, train_set, r.scale, r.iters, r.lr, seed=seed, **steps, **log)
+    if not r.demo_names:  # named after the whole recipe: a changed recipe never reuses an old run
         opt['name'] = hashed_name(f'info_{net_type}_seed{seed}', opt)
     return opt
 
 
-def train(opts_by_run, root, jobs, reuse, on_line=None, on_done=None):
-    """Train every run ({run: option dict}) with :func:`pdnsr.experiments.runs.train_all`; returns {run: weights}."""
-    names = {opt['name']: run for run, opt in opts_by_run.items()}
-    weights = train_all(list(opts_by_run.values()), root, jobs, reuse, on_line, on_done)
-    return {names[name]: path for name, path in weights.items()}
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # evaluation
-def _dataset(hr, lr, store, scale):
-    """The test folder as ``PromptPairedImageDataset`` reads it (validation form: each image's first prompt)."""
-    return PromptPairedImageDataset(dict(opts.dataset('test', hr, lr, store, prompted=True), phase='val', scale=scale))
+def score(sr, gt, scale):
+    """(PSNR, SSIM) of uint8 BGR ``sr`` against ``gt``: Y channel, ``scale`` border pixels cropped."""
+    return calculate_psnr(sr, gt, scale, test_y_channel=True), calculate_ssim(sr, gt, scale, test_y_channel=True)
 
 
 def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
@@ -232,8 +195,9 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
         dict: ``scores[set][degradation][mode] = [(psnr, ssim), ...]`` per image (modes :data:`PLUS_MODES` for a
         "+" network, ``baseline`` otherwise); for a "+" network ``diag[degradation]``: the router weights ``pi``
         under the right and the swapped caption (per DCM), and per mode the mean mask, its saturated share, and the
-        mean |mask(right) - mask(swapped)| (per DCM); ``temperature``, ``zeta``. With ``keep_images``, ``images[set]
-        [degradation][mode] = (uint8 BGR SR image, {dcm: mask})`` of the last image, and ``hr`` likewise.
+        mean |mask(right) - mask(swapped)| (per DCM); ``temperature``, ``zeta``. With ``keep_images``, of the last
+        image of each set, ``images[set][degradation]``: {mode: uint8 BGR SR image, 'hr': HR image, 'masks': {mode:
+        {dcm: (1, 1, h, w) mask}}}.
     """
     net, _, record = load_network(opt_path, weights, 'cpu')
     if prompted:  # the test prompts must come from the embedding space the model was trained in
@@ -242,17 +206,17 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
             provenance.check_same_space(trained, provenance.encoder_record(PromptStore(store).meta), weights, store)
     multiple = INPUT_MULTIPLE.get(type(net).__name__.replace('Plus', ''), 1)
     dcms = dcm_modules(net)
-    out = {'scores': {}, 'diag': {}, 'images': {}, 'hr': {}}
-    for (set_name, deg_name), (hr, lr, right_store, swapped_store) in tests.items():
-        right, wrong = _dataset(hr, lr, right_store, scale), _dataset(hr, lr, swapped_store, scale)
+    out = {'scores': {}, 'diag': {}}
+    for (set_name, deg_name), (hr, lr, *stores) in tests.items():
+        # The test folder as the dataset class reads it (validation form: each image's first prompt).
+        sets = [dict(opts.dataset('test', hr, lr, store, prompted=True), phase='val', scale=scale) for store in stores]
+        right, wrong = map(PromptPairedImageDataset, sets)
         cell = out['scores'].setdefault(set_name, {}).setdefault(deg_name, {})
         diag = out['diag'].setdefault(deg_name, {'mask': {}, 'saturated': {}, 'right_vs_swapped': [], 'n': 0})
         for i in range(len(right)):
-            item = right[i]
-            lq = item['lq'][None]
-            h, w = lq.shape[-2:]
-            lq = torch.nn.functional.pad(lq, (0, -w % multiple, 0, -h % multiple), mode='reflect')
-            gt = tensor2img(item['gt'])
+            item, gt = right[i], tensor2img(right[i]['gt'])
+            h, w = item['lq'].shape[-2:]
+            lq = torch.nn.functional.pad(item['lq'][None], (0, -w % multiple, 0, -h % multiple), mode='reflect')
             modes = {'baseline': None}
             if prompted:
                 modes = {'right': item['prompt'][None], 'swapped': wrong[i]['prompt'][None], 'zero': None}
@@ -262,26 +226,20 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
             for mode, prompt in modes.items():
                 sr, masks[mode] = super_resolve(net, lq, prompt, keep_attention=True, scale=scale)
                 sr = tensor2img(sr[..., : h * scale, : w * scale])
-                score = (
-                    calculate_psnr(sr, gt, scale, test_y_channel=True),
-                    calculate_ssim(sr, gt, scale, test_y_channel=True),
-                )
-                cell.setdefault(mode, []).append(score)
+                cell.setdefault(mode, []).append(score(sr, gt, scale))
                 if keep_images:
-                    out['images'].setdefault(set_name, {}).setdefault(deg_name, {})[mode] = (sr, masks[mode])
-                    out['hr'].setdefault(set_name, {})[deg_name] = gt
+                    kept = out.setdefault('images', {}).setdefault(set_name, {}).setdefault(deg_name, {'masks': {}})
+                    kept.update({mode: sr, 'hr': gt})
+                    kept['masks'][mode] = masks[mode]
             if prompted and masks['right']:  # DCMs built without attention have no mask
                 diag['n'] += 1
-                for mode, per_dcm in masks.items():
-                    m = [per_dcm[j] for j in sorted(per_dcm)]
-                    diag['mask'].setdefault(mode, []).append([float(x.mean()) for x in m])
-                    sat = [float(((x < SATURATED) | (x > 1 - SATURATED)).float().mean()) for x in m]
-                    diag['saturated'].setdefault(mode, []).append(sat)
-                diag['right_vs_swapped'].append(
-                    [float((masks['right'][j] - masks['swapped'][j]).abs().mean()) for j in sorted(masks['right'])]
-                )
+                for key, stat in MASK_STATS.items():
+                    for mode, m in masks.items():
+                        diag[key].setdefault(mode, []).append([float(stat(m[j])) for j in sorted(m)])
+                m, s = masks['right'], masks['swapped']
+                diag['right_vs_swapped'].append([float((m[j] - s[j]).abs().mean()) for j in sorted(m)])
     for diag in out['diag'].values():  # per-image lists -> means per DCM
-        for key in ('mask', 'saturated'):
+        for key in MASK_STATS:
             diag[key] = {mode: np.mean(v, axis=0).tolist() for mode, v in diag[key].items()}
         diag['right_vs_swapped'] = np.mean(diag['right_vs_swapped'], axis=0).tolist() if diag['n'] else []
     out['temperature'] = sorted({float(d.temperature) for d in dcms})
@@ -294,22 +252,3 @@ def router_spread(diag):
     kernel mixture follows the caption (0 = not at all)."""
     per_deg = [np.abs(np.subtract(d['pi']['right'], d['pi']['swapped'])).mean(axis=1) for d in diag.values()]
     return float(np.max(np.mean(per_deg, axis=0)))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# tables
-def mean_std(values, digits):
-    if len(values) == 1:
-        return f'{values[0]:.{digits}f}'
-    return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
-
-
-def seed_means(results, key, set_name, degs, metric=0):
-    """Per seed (in order), the mean over the images of the degradations ``degs`` of ``metric`` (0 PSNR, 1 SSIM)
-    of network ``key[0]`` in mode ``key[1]``; ``results[(network, seed)]`` as :func:`evaluate` returns."""
-    net, mode = key
-    seeds = sorted(seed for (n, seed) in results if n == net)
-    return [
-        statistics.mean(v[metric] for d in degs for v in results[net, seed]['scores'][set_name][d][mode])
-        for seed in seeds
-    ]
