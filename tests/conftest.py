@@ -26,11 +26,12 @@ def shared_data():
 @pytest.fixture(scope='session')
 def clip_encoder():
     """The real open_clip ViT-B-32 architecture with random weights (pretrained='none'): no hub is reachable here,
-    so tests never load published weights. Built once per session."""
-    from pdnsr.prompts.encoder import PromptEncoder
+    so tests never load published weights. Built once per session: it is the one that pdnsr-infer and the scripts
+    get for --clip-pretrained none in this process (:func:`pdnsr.inference.cached_prompt_encoder`, seed 0)."""
+    from pdnsr.inference import cached_prompt_encoder
 
-    torch.manual_seed(0)
-    return PromptEncoder('ViT-B-32', pretrained='none')
+    torch.manual_seed(0)  # as before the cache: the global RNG state later tests start from
+    return cached_prompt_encoder('ViT-B-32', 'none')
 
 
 @pytest.fixture(scope='session')
