@@ -42,8 +42,8 @@ def main():
     print_header('cpu', 'DCM router: logit and mixture-weight gaps between two captions')
     encoder = PromptEncoder('ViT-B-32', pretrained='none', seed=0)
     prompts = encoder.encode_text([d.caption for d in get_degradations('blur')])
-    print(f'prompts: {[d.caption for d in get_degradations("blur")]}, |p1 - p2| = {float((prompts[0] - prompts[1]).norm()):.3f}, '
-          f'entries of order 1/sqrt(d) = {512**-0.5:.3f}\n')  # fmt: skip
+    captions, gap = [d.caption for d in get_degradations('blur')], float((prompts[0] - prompts[1]).norm())
+    print(f'prompts: {captions}, |p1 - p2| = {gap:.3f}, entries of order 1/sqrt(d) = {512**-0.5:.3f}\n')
     rows = []
     for router in ROUTERS:
         results = []
