@@ -1,11 +1,9 @@
 """Prompts that carry information: EDSR+ with the right, the swapped and a zero caption against EDSR, and ablations.
 
-The full preset of :mod:`pdnsr.experiments.prompt_information` (which says what the experiment is): training
-sub-images of BSD68 + SunHays80, each with one degradation named by its caption; every Set5 / Set14 image tested
-under every degradation. CLIP has RANDOM weights unless ``--clip-pretrained`` names real ones: distinct captions still
-give distinct embeddings, all this experiment needs. ``--variants`` adds "+" networks for the ablation of the DCM's
-two halves, ``router-only`` (``use_attention: false``) and ``attention-only`` (``use_dynamic: false``), each with
-every ``--routers`` entry.
+The full preset of :mod:`pdnsr.experiments.prompt_information` (which says what the experiment is), with CLIP's
+RANDOM weights unless ``--clip-pretrained`` names real ones (distinct captions still give distinct embeddings, all
+it needs). ``--variants`` adds the ablation of the DCM's two halves, ``router-only`` (``use_attention: false``) and
+``attention-only`` (``use_dynamic: false``), each with every ``--routers`` entry.
 
     .venv/bin/python benchmarks/bench_prompt_information.py [--seeds 0 1 2] [--iters 1500] [--dcm-bank compact]
     .venv/bin/python benchmarks/bench_prompt_information.py --variants full router-only attention-only \\
@@ -33,7 +31,7 @@ import torch
 
 from pdnsr.archs.dcm_arch import ROUTERS
 from pdnsr.cli import add_clip_arguments
-from pdnsr.data.captioned_degradations import get_degradations, swapped
+from pdnsr.data.captioned_degradations import get_degradations
 from pdnsr.experiments import prompt_information as pi
 from pdnsr.experiments.runs import train_all
 from pdnsr.options import write_options
@@ -127,10 +125,8 @@ def main():
     clip = clip if args.clip_pretrained in RANDOM_TAGS else f'weights {args.clip_pretrained!r}.'
     print(f'Prompts: captions naming the degradation, encoded by open_clip {args.clip_model} with {clip}')
     emb = data['caption_embeddings']
-    for d, row in zip(degradations, emb):
-        cos = ', '.join(f'{float(row @ other):.3f}' for other in emb)
-        wrong = swapped(degradations, d).caption
-        print(f'  {d.name}: {d.describe()}; caption "{d.caption}" (wrong: "{wrong}"); cosine with each caption {cos}')
+    for line, row in zip(pi.caption_lines(degradations), emb):
+        print(f'  {line}; cosine with each caption ' + ', '.join(f'{float(row @ other):.3f}' for other in emb))
     print(
         f'\ndata: {n_train} training sub-images of {base.tile} px from {"+".join(TRAIN_SETS)}; test: every image of '
         f'{", ".join(sets)} under every degradation; temperature 34 -> 1, -3 every '

@@ -26,7 +26,7 @@ import numpy as np
 from basicsr.utils.matlab_functions import imresize
 
 from pdnsr.cli import add_clip_arguments, run_main
-from pdnsr.data.captioned_degradations import get_degradations, swapped
+from pdnsr.data.captioned_degradations import get_degradations
 from pdnsr.data.image_files import write_image
 from pdnsr.errors import UserError
 from pdnsr.experiments import prompt_information as pi
@@ -229,10 +229,7 @@ def run(args):
     print('\n'.join(lines))
 
     print('[5/5] results')
-    captions = '; '.join(
-        f'{d.name}: {d.describe()}, right caption "{d.caption}", wrong caption "{swapped(DEGRADATIONS, d).caption}"'
-        for d in DEGRADATIONS
-    )
+    captions = '; '.join(pi.caption_lines(DEGRADATIONS))
     caption = (
         f'x{SCALE} SR of the held-out photo `{HOLDOUT}` ({hr.shape[1]}x{hr.shape[0]}) under each blur, PSNR (dB) / '
         f'SSIM on the Y channel with {SCALE} border pixels cropped, after {recipe.iters} iterations on '

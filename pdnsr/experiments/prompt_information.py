@@ -23,7 +23,7 @@ from pdnsr import options as opts
 from pdnsr import provenance
 from pdnsr.archs.dcm_arch import dcm_modules
 from pdnsr.archs.plus_util import DCM_OPTIONS
-from pdnsr.data.captioned_degradations import assign_degradations, captions_of, get_degradations, write_degraded_pair
+from pdnsr.data import captioned_degradations as cdeg
 from pdnsr.data.prompt_paired_image_dataset import PromptPairedImageDataset
 from pdnsr.data.prompt_store import PromptStore
 from pdnsr.experiments.runs import hashed_name
@@ -96,7 +96,7 @@ def _pairs(folder, lr_name, items, scale):
         for path in (hr, lr):
             os.makedirs(path, exist_ok=True)
         for key, (img, deg) in items.items():
-            write_degraded_pair(img, deg, scale, key, hr, lr)
+            cdeg.write_degraded_pair(img, deg, scale, key, hr, lr)
         open(os.path.join(folder, 'done.json'), 'w').close()
     return hr, lr
 
@@ -124,16 +124,16 @@ def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrain
     def store(folder, kind, given, wrong_from=None):
         path = os.path.join(folder, f'{kind}_{clip_tag}.lmdb')
         if not os.path.exists(path):
-            build_prompt_store('text', path, encoder, captions=captions_of(given, wrong_from), progress=False)
+            build_prompt_store('text', path, encoder, captions=cdeg.captions_of(given, wrong_from), progress=False)
         return path
 
-    degradations = get_degradations(recipe.degradations)
+    degradations = cdeg.get_degradations(recipe.degradations)
     crops = {
         f'{name}_s{i:03d}': t
         for name, img in train_images.items()
         for i, t in enumerate(tiles(img, recipe.tile, recipe.centre_crop), 1)
     }
-    assignment = assign_degradations(crops, degradations, seed=seed)
+    assignment = cdeg.assign_degradations(crops, degradations, seed=seed)
     train_dir = os.path.join(data_dir, 'train')
     hr, lr = _pairs(train_dir, f'LRx{recipe.scale}', {k: (t, assignment[k]) for k, t in crops.items()}, recipe.scale)
     train = dict(hr=hr, lr=lr, assignment=assignment, prompts=store(train_dir, 'prompts', assignment))
@@ -146,6 +146,14 @@ def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrain
             tests[set_name, deg.name] = (*pairs, *stores)
     embeddings = encoder.encode_text([d.caption for d in degradations])
     return dict(train=train, tests=tests, prompt_dim=encoder.embed_dim, caption_embeddings=embeddings)
+
+
+def caption_lines(degradations):
+    """A line per degradation: what it is, and its right and wrong (:func:`swapped`) caption."""
+    wrong = {d.name: cdeg.swapped(degradations, d).caption for d in degradations}
+    return [
+        f'{d.name}: {d.describe()}, right caption "{d.caption}", wrong caption "{wrong[d.name]}"' for d in degradations
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
