@@ -24,7 +24,7 @@ SCRIPTS = {
     'bench_amp.py': ([], '| module | autocast dtype | output finite |'),
     'count_params.py': ([], '| network | DCM bank | params | ÷ baseline | MACs / LR pixel |'),
     'bench_quality.py': ([], '| set | metric | EDSR | EDSR+ |'),
-    'bench_prompt_information.py': ([], '| set | degradation | EDSR | EDSRPlus right | EDSRPlus swapped |'),
+    'bench_prompt_information.py': ([], '| set | degradation | EDSR | full: right | full: swapped |'),
     'bench_tiling.py': ([], '| network | tile | pad |'),
     'bench_prompt_data.py': ([], '| measurement | value |'),
     'bench_inference_memory.py': ([], '| network | LR input |'),
