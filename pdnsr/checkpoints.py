@@ -16,6 +16,7 @@ converter and the exporters:
 
 import collections
 import os
+import re
 
 import torch
 
@@ -24,27 +25,61 @@ from pdnsr.archs.dcm_arch import ROUTER_MARKERS, convert_state_dict_to_compact, 
 PARAM_KEYS = ('params_ema', 'params')
 
 
+# The first bytes of what torch.save writes: a zip archive (torch >= 1.6), or a pickle (protocol 2 and later, the
+# legacy format). Anything else is another kind of file; the common ones are named in the error.
+_TORCH_SIGNATURES = (b'PK\x03\x04', b'\x80\x02', b'\x80\x03', b'\x80\x04', b'\x80\x05')
+_OTHER_SIGNATURES = {
+    b'\x89PNG': 'a PNG image',
+    b'\xff\xd8\xff': 'a JPEG image',
+    b'GIF8': 'a GIF image',
+    b'\x1f\x8b': 'a gzip archive',
+}
+
+
+def _kind_of_file(head):
+    """What the first bytes ``head`` of a file say it is: None for a torch.save file, else a few words."""
+    if head.startswith(_TORCH_SIGNATURES):
+        return None
+    if not head:
+        return 'an empty file'
+    for signature, kind in _OTHER_SIGNATURES.items():
+        if head.startswith(signature):
+            return kind
+    if len(head) >= 9 and head[8:9] == b'{':  # 8-byte little-endian header length, then the JSON header
+        return 'a safetensors file'
+    return 'its first bytes are not those of a file written by torch.save'
+
+
 def read_checkpoint(path, what='weights file'):
     """The object saved in ``path``, loaded on the CPU with ``weights_only=True``.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a readable checkpoint (truncated, another format, or it holds objects a weights
-            file must not hold); the message starts with ``what`` and the path.
+        ValueError: the file is not a readable checkpoint: another kind of file (an image...), truncated or damaged,
+            or it holds objects a weights file must not hold; the message starts with ``what`` and the path, and
+            never repeats torch's advice to load with ``weights_only=False`` (that runs code from the file).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{what} {path} does not exist')
+    with open(path, 'rb') as f:
+        kind = _kind_of_file(f.read(16))
+    if kind is not None:
+        raise ValueError(f'cannot read {what} {path}: it is not a PyTorch checkpoint ({kind})')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, EOFError) for bad files
-        # torch's own message suggests weights_only=False, i.e. running code from the file: never repeat that.
-        reason = ' '.join(str(err).split()).split(' Please file an issue')[0]
-        if 'weights_only' in reason or 'Unsupported global' in reason:
-            reason = 'it holds Python objects that a weights file must not hold (loading it would run their code)'
-        elif 'zip archive' in reason or 'invalid load key' in reason or 'EOF' in reason or 'magic number' in reason:
-            reason = 'it is not a complete PyTorch checkpoint (truncated, or another kind of file)'
-        raise ValueError(f'cannot read {what} {path}: {reason[:300]}') from None
+        message = ' '.join(str(err).split())
+        if 'Unsupported global' in message or 'allowlist' in message:  # an object weights_only refuses to build
+            found = re.search(r'GLOBAL (\S+)', message)
+            what_object = f'{found.group(1)}; ' if found else ''
+            reason = (
+                f'it holds Python objects that a weights file must not hold ({what_object}loading it would run '
+                'their code)'
+            )
+        else:
+            reason = 'it is not a complete PyTorch checkpoint (truncated or damaged)'
+        raise ValueError(f'cannot read {what} {path}: {reason}') from None
 
 
 def state_dict_of(checkpoint, path, param_key=None):
@@ -68,6 +103,11 @@ def state_dict_of(checkpoint, path, param_key=None):
                 f'(top-level keys: {sorted(map(str, checkpoint))[:8]})'
             )
         state, used = checkpoint, 'state_dict'
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f'weights file {path}: its {used!r} entry is not a state dict (parameter names -> tensors) but a '
+            f'{type(state).__name__}'
+        )
     return {k[len('module.') :] if k.startswith('module.') else k: v for k, v in state.items()}, used
 
 
@@ -122,8 +162,14 @@ def adapt_dcm_layout(net, state, path):
 def fit_state_dict(net, state, path, used='params'):
     """``state`` made to fit ``net`` exactly (:func:`adapt_dcm_layout`); a missing, unexpected or differently shaped
     key is a ValueError naming the file, the first mismatching key and what to do."""
-    state = adapt_dcm_layout(net, state, path)
     expected = net.state_dict()
+    if expected and not any(key in expected for key in state):
+        raise ValueError(
+            f'weights file {path} ({used}) has none of the parameter names of {type(net).__name__}, the network of '
+            f'the option file (the file has {sorted(state)[:3]}...): it is not a checkpoint of this network; pass '
+            'the weights of a model trained with this option file'
+        )
+    state = adapt_dcm_layout(net, state, path)
     problems = []
     for key, value in expected.items():
         if key not in state:
