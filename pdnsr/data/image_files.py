@@ -58,8 +58,9 @@ def scan_images(folder):
 
 
 class UnreadableImage(UserError, ValueError):
-    """An image file that cannot be used as it is: missing, unreadable, empty, truncated or not decodable. The
-    message names the file; the data preparation skips such files (``--strict`` stops instead)."""
+    """An image file that cannot be used as it is: missing, unreadable, empty, truncated, not decodable, or (for the
+    data preparation, :func:`read_bgr`) not 8-bit. The message names the file; the data preparation skips such files
+    (``--strict`` stops instead)."""
 
 
 _JPEG_SOI = b'\xff\xd8'
@@ -166,12 +167,16 @@ def read_bgr(path):
         tuple[np.ndarray, bool]: the (H, W, 3) uint8 BGR image and whether it was greyscale in the file.
 
     Raises:
-        UnreadableImage: see :func:`decode_image`.
-        ValueError: not 8 bits per channel (the degradation and the PNG outputs are 8-bit).
+        UnreadableImage: see :func:`decode_image`; also a file of more than 8 bits per channel (a 16-bit PNG or
+            TIFF): the degradation and the PNG outputs are 8-bit, and scaling it down here would hide a choice
+            (how to map its range) the user should make.
     """
     img = decode_image(path, cv2.IMREAD_UNCHANGED)
     if img.dtype != np.uint8:
-        raise ValueError(f'image {path}: only 8-bit images are supported, got {img.dtype}; convert it to 8 bits')
+        raise UnreadableImage(
+            f'image {path}: only 8-bit images are supported, got {img.dtype} ({img.dtype.itemsize * 8} bits per '
+            'channel); convert it to 8 bits'
+        )
     grey = img.ndim == 2 or img.shape[2] == 1
     if grey:
         img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)

@@ -85,8 +85,8 @@ def add_common_args(parser):
     parser.add_argument(
         '--strict',
         action='store_true',
-        help='stop at the first unreadable or truncated input image (default: skip it with a warning line and '
-        'count it in the summary)',
+        help='stop at the first unreadable, truncated or not 8-bit input image (default: skip it with a warning '
+        'line and count it in the summary)',
     )
 
 
@@ -230,7 +230,8 @@ def prepare_output(out_dir, subdirs, info, overwrite):
 
 
 class Skipped(NamedTuple):
-    """What a worker returns for an input image it cannot use (:class:`UnreadableImage`)."""
+    """What a worker returns for an input image it cannot use (:class:`UnreadableImage`: unreadable, truncated,
+    not decodable, not 8-bit)."""
 
     path: str
     reason: str
@@ -276,7 +277,10 @@ def run_parallel(func, items, workers, desc, unit='img'):
     """
     items = list(items)
     if workers <= 1 or len(items) <= 1:
-        yield from (func(item) for item in tqdm(items, desc=desc, unit=unit, file=sys.stderr))
+        # The bar is closed before an error leaves the generator, so the error's line is the last one on stderr.
+        with tqdm(items, desc=desc, unit=unit, file=sys.stderr) as bar:
+            for item in bar:
+                yield func(item)
         return
     chunksize = max(1, min(16, len(items) // (workers * 4)))
     context = _pool_context(func.__module__)
@@ -297,7 +301,7 @@ def process_images(func, tasks, args, desc, folders):
         tuple[list, list[Skipped]]: the other results in input order, and the skipped images.
 
     Raises:
-        UserError: ``args.strict`` and an input image is unreadable or truncated.
+        UserError: ``args.strict`` and an input image is unusable (:class:`Skipped`).
     """
     results, skipped = [], []
     outputs = run_parallel(func, tasks, args.workers, desc)
@@ -320,7 +324,7 @@ def process_images(func, tasks, args, desc, folders):
 
 def skipped_summary(skipped):
     """The summary's words for the skipped images ('' when none)."""
-    return f'; {len(skipped)} skipped (unreadable or truncated, listed above)' if skipped else ''
+    return f'; {len(skipped)} skipped (unreadable or truncated, or not 8-bit; listed above)' if skipped else ''
 
 
 # ---------------------------------------------------------------- LMDBs
