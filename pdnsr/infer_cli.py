@@ -3,9 +3,9 @@
     python scripts/inference_pdnsr.py --opt options/test_rcan_x4.yml --weights model.pth \\
         --input datasets/benchmarks/Set5/LRx4 --output results/set5 --prompt "a baby wearing a knitted hat"
 
-Exit status: 0 every image written; 1 some images could not be read or had no caption (the others are written);
-2 a user error (bad option, weights, prompt, device), one line on stderr (:func:`pdnsr.cli.run_main`). The work
-itself is :mod:`pdnsr.inference`; see ``docs/inference.md``.
+Exit status: 0 every image written; 1 some images of a folder could not be read or had no caption (the others are
+written); 2 a user error (bad option, weights, prompt, device, or the one image of ``--input FILE``), one line on
+stderr (:func:`pdnsr.cli.run_main`). The work itself is :mod:`pdnsr.inference`; see ``docs/inference.md``.
 """
 
 import argparse
@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pdnsr.archs.dcm_arch import dcm_modules, select_dcms, takes_prompt
 from pdnsr.cli import add_clip_arguments, add_view_argument, check_output_folder, run_main
 from pdnsr.data.image_files import IMAGE_SUFFIXES, image_key, read_rgb, scan_images, write_image
-from pdnsr.errors import USER_ERRORS, one_line
+from pdnsr.errors import USER_ERRORS, UserError, one_line
 from pdnsr.inference import (
     check_tile_options,
     image_to_tensor,
@@ -126,9 +126,15 @@ def _check_cli_options(args, device, net):
     return sorted(select_dcms(net, args.attention_dcms, '--attention-dcms'))
 
 
-def _prompt_source(args, net, device, keys, record):
+def _prompt_source(args, net, device, inputs, record, single=False):
     """``(prompt_of, missing)``: ``prompt_of(key, rgb)`` gives the (1, d) embedding for one input (None = no prompt),
-    and ``missing`` lists the keys skipped for want of a caption."""
+    and ``missing`` lists the keys of ``inputs`` ({key: file}) skipped for want of a caption.
+
+    Raises:
+        UserError: ``single`` (``--input FILE``) and the file has no caption in ``--captions``; a ``--prompt``
+            longer than CLIP reads (:func:`check_prompt_length`).
+    """
+    keys = list(inputs)
     prompt_given = args.prompt is not None or args.prompt_image is not None or args.captions is not None
     if not takes_prompt(net):
         if prompt_given:
@@ -140,6 +146,9 @@ def _prompt_source(args, net, device, keys, record):
 
     # Read the cheap inputs before loading CLIP, so that their errors come first.
     captions = load_captions(args.captions, subset=args.captions_subset) if args.captions else None
+    missing = [k for k in keys if not captions.get(k)] if captions is not None else []
+    if single and missing:
+        raise UserError(f'{inputs[missing[0]]}: no caption for key {missing[0]!r} in {args.captions}')
     own_image = args.prompt_image == SELF_PROMPT
     prompt_rgb = read_rgb(args.prompt_image) if args.prompt_image and not own_image else None
     encoder = prompt_encoder_for(
@@ -147,6 +156,7 @@ def _prompt_source(args, net, device, keys, record):
     )
     view = args.prompt_view or ((record or {}).get('prompt_encoder') or {}).get('view') or 'flip'
     if args.prompt is not None:
+        check_prompt_length(encoder, args.prompt)
         emb = encoder.encode_text([args.prompt])
         return (lambda key, rgb: emb), []
     if own_image:
@@ -155,20 +165,40 @@ def _prompt_source(args, net, device, keys, record):
         emb = encoder.encode_images([prompt_rgb], view=view)
         return (lambda key, rgb: emb), []
     found = [k for k in keys if captions.get(k)]
-    missing = [k for k in keys if not captions.get(k)]
     emb = encoder.encode_text([captions[k][0] for k in found], keys=found)
     rows = {k: emb[i : i + 1] for i, k in enumerate(found)}
     return (lambda key, rgb: rows[key]), missing
+
+
+def check_prompt_length(encoder, text, flag='--prompt'):
+    """Refuse a prompt longer than CLIP's text context (``encoder.context_length`` tokens, 77 for open_clip's text
+    models, start and end tokens included): CLIP would silently encode only its beginning.
+
+    Captions files keep the encoder's rule (truncated, with a warning naming the key): one long caption among
+    thousands should not stop a store build; a prompt typed for one run should say what it will be.
+
+    Raises:
+        UserError: naming the flag, the prompt's token count and the limit.
+    """
+    limit = encoder.context_length
+    # Byte-level BPE: at most one token per UTF-8 byte (twice that allows for the tokenizer's cleaning), plus the
+    # start and end tokens; padding is 0.
+    tokens = encoder.tokenizer([text], context_length=2 * len(text.encode('utf-8')) + 2)
+    count = int((tokens[0] != 0).sum())
+    if count > limit:
+        raise UserError(
+            f'{flag} has {count} tokens ({len(text)} characters) but the text encoder of CLIP {encoder.model_name} '
+            f'reads at most {limit} tokens, start and end included; shorten it (CLIP would use only its beginning)'
+        )
 
 
 def _warn(message):
     print(f'warning: {message}', file=sys.stderr)
 
 
-def _super_resolve_one(args, net, device, path, key, prompt_of, name, attention_dcms):
-    """Read, super-resolve and write one image (and its attention pictures); raises a user error naming nothing
-    (the caller names the file)."""
-    rgb = read_rgb(path)
+def _super_resolve_one(args, net, device, rgb, key, prompt_of, name, attention_dcms):
+    """Super-resolve one image (H, W, 3) uint8 RGB; returns {file name: BGR picture} of the output and its attention
+    pictures, all computed before any is written. Raises a user error naming nothing (the caller names the file)."""
     lq = image_to_tensor(rgb, device)
     prompt = prompt_of(key, rgb)
     prompt = None if prompt is None else prompt.to(device)
@@ -180,8 +210,14 @@ def _super_resolve_one(args, net, device, path, key, prompt_of, name, attention_
     sr_bgr = tensor_to_bgr(sr)
     pictures = {name.format(key): sr_bgr}
     pictures.update({f'{key}_attention_dcm{i}.png': overlay_heatmap(sr_bgr, masks[i][0, 0]) for i in attention_dcms})
-    for file_name, picture in pictures.items():  # computed first, so a failure leaves none of this image's files
-        write_image(os.path.join(args.output, file_name), picture)
+    return pictures
+
+
+def _write_pictures(folder, pictures):
+    """Write {file name: BGR picture} into ``folder`` (created now: a run that writes nothing leaves no folder)."""
+    os.makedirs(folder, exist_ok=True)
+    for file_name, picture in pictures.items():
+        write_image(os.path.join(folder, file_name), picture)
 
 
 def run(args):
@@ -200,8 +236,11 @@ def run(args):
     attention_dcms = _check_cli_options(args, device, net)
     check_output_folder(args.output)
     inputs = _collect_inputs(args.input)
-    prompt_of, missing = _prompt_source(args, net, device, list(inputs), record)
-    os.makedirs(args.output, exist_ok=True)
+    # --input FILE: its one image is read (and refused, exit 2) before CLIP is loaded; a folder's images are read one
+    # at a time, and a bad one is skipped (exit 1).
+    single = not os.path.isdir(args.input)
+    images = {key: read_rgb(path) for key, path in inputs.items()} if single else {}
+    prompt_of, missing = _prompt_source(args, net, device, inputs, record, single)
 
     failed = 0
     for key in missing:
@@ -210,9 +249,13 @@ def run(args):
     todo = [k for k in inputs if k not in missing]
     name = f'{{}}_{args.suffix}.png' if args.suffix else '{}.png'
     for key in tqdm(todo, desc='super-resolving', unit='image', file=sys.stderr, disable=None):
-        try:  # one bad image is reported and skipped; the others are still written
-            _super_resolve_one(args, net, device, inputs[key], key, prompt_of, name, attention_dcms)
+        try:  # one bad image of a folder is reported and skipped; the others are still written
+            rgb = images.pop(key) if single else read_rgb(inputs[key])
+            pictures = _super_resolve_one(args, net, device, rgb, key, prompt_of, name, attention_dcms)
+            _write_pictures(args.output, pictures)
         except USER_ERRORS as err:
+            if single:
+                raise UserError(f'{inputs[key]}: {one_line(err)}') from None
             tqdm.write(f'{inputs[key]}: {one_line(err)}; skipped', file=sys.stderr)
             failed += 1
     done = len(inputs) - failed
