@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -45,7 +46,7 @@ PI_TARGET = 0.2  # pi spread, every seed, where the router is to carry the capti
 RECIPE_ARGS = ('iters', 'num_block', 'num_feat', 'batch', 'gt_size', 'lr', 'warmup', 'temperature_every', 'tile')
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument('--network', choices=sorted(pi.NETWORK_PAIRS), default='EDSR', help='baseline / "+" pair')
     parser.add_argument('--dcm-bank', choices=('paper', 'compact'), default='paper', help='network_g.dcm.bank')
@@ -61,7 +62,7 @@ def parse_args():
     parser.add_argument('--train-data', default=str(SHARED / 'train'))
     parser.add_argument('--bench-data', default=str(SHARED / 'benchmarks'))
     parser.add_argument('--workdir', default=None, help='data, stores, runs (default a new folder under /tmp)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.limit = None
     if args.quick:
         args.iters, args.seeds, args.num_block, args.num_feat, args.batch, args.gt_size = 4, [0], 1, 8, 2, 32
@@ -82,31 +83,22 @@ def plus_recipes(args, base):
 
 
 def _evaluate(job):
+    patch, job = job
     torch.set_num_threads(1)
+    if patch is not None:  # a function and its argument, applied in the worker first (bench_router.py --train)
+        patch[0](patch[1])
     return pi.evaluate(*job)
 
 
-def main():
-    t_start = time.time()
-    args = parse_args()
-    if setup(args).type != 'cpu':
-        raise SystemExit('bench_prompt_information.py trains on the CPU through pdnsr/train.py; use --device cpu')
-    base = pi.Recipe(network=args.network, degradations=args.degradations, **{n: getattr(args, n) for n in RECIPE_ARGS})
-    recipes = plus_recipes(args, base)
-    baseline, plus = pi.NETWORK_PAIRS[args.network]
-    print_header(
-        args.device,
-        f'Prompts that carry information: {baseline} vs {plus} ({", ".join(recipes)}; dcm bank {args.dcm_bank}), '
-        f'x{base.scale}, {base.num_block} blocks, {base.num_feat} feat, {base.iters} iterations, batch {base.batch}, '
-        f'seeds {args.seeds}',
-    )
+def load_data(args, base):
+    """The experiment's data in ``args.workdir`` (prepared there once, then reused), with what it is printed:
+    ``(pi.prepare's dict, workdir)``, or None when the source images are missing."""
     sources = {n: os.path.join(args.train_data, n) for n in TRAIN_SETS}
     sets = {n: os.path.join(args.bench_data, n) for n in TEST_SETS}
     missing = [p for p in (*sources.values(), *sets.values()) if not os.path.isdir(p)]
     if missing:
         print(f'SKIPPED: data not found: {missing} (--train-data / --bench-data)')
-        return
-
+        return None
     workdir = os.path.abspath(args.workdir or os.path.join('/tmp', f'pdnsr_prompt_info_{os.getpid()}'))
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
@@ -134,30 +126,60 @@ def main():
         f'{time.time() - t0:.0f} s; workdir {workdir}\n',
         flush=True,
     )
+    return data, workdir
 
-    recipe_of = {'baseline': (base, 'baseline'), **{label: (r, 'plus') for label, r in recipes.items()}}
-    runs = [(label, seed) for label in [*recipes, 'baseline'] for seed in args.seeds]  # longest first
-    opts = {run: pi.run_options(*recipe_of[run[0]], run[1], data['train'], data['prompt_dim']) for run in runs}
-    names = {run: opt['name'] for run, opt in opts.items()}
 
-    def done(name, seconds):
-        print(f'  {name}: ' + (f'trained in {seconds:.0f} s' if seconds else 'reused from the workdir'), flush=True)
-
-    weights = train_all(list(opts.values()), workdir, args.jobs, reuse=True, on_done=done)
-    # An evaluation is kept in the workdir under the name of its run and a hash of the test data.
+def evaluate_all(runs, data, scale, workdir, jobs):
+    """Scores of trained runs ``{run: (option dict, weights, prompted, patch)}`` on the test data (``patch``: None,
+    or ``(function, argument)`` to apply in the evaluating process first), ``jobs`` at once; each evaluation is kept
+    in the workdir under its run's name and a hash of the test data, and reused. Returns ``{run: result}``."""
     test_hash = hashlib.sha1(json.dumps(sorted(data['tests'].items())).encode()).hexdigest()[:8]
-    cache = {run: Path(workdir, f'eval_{names[run]}_{test_hash}.json') for run in runs}
+    cache = {run: Path(workdir, f'eval_{opt["name"]}_{test_hash}.json') for run, (opt, *_) in runs.items()}
     todo = [run for run in runs if not cache[run].exists()]
-    paths = {run: write_options(opts[run], os.path.join(workdir, f'{names[run]}_eval.yml')) for run in todo}
-    jobs = [(paths[run], weights[names[run]], data['tests'], base.scale, run[0] != 'baseline') for run in todo]
+    jobs_ = []
+    for run in todo:
+        opt, weights, prompted, patch = runs[run]
+        path = write_options(opt, os.path.join(workdir, f'{opt["name"]}_eval.yml'))
+        jobs_.append((patch, (path, weights, data['tests'], scale, prompted)))
     t1 = time.time()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for run, result in zip(todo, pool.map(_evaluate, jobs)):
+    with ProcessPoolExecutor(max_workers=jobs, max_tasks_per_child=1) as pool:  # a fresh process per evaluation
+        for run, result in zip(todo, pool.map(_evaluate, jobs_)):
             cache[run].with_suffix('.tmp').write_text(json.dumps(result), encoding='utf-8')
             cache[run].with_suffix('.tmp').replace(cache[run])  # a cache file that exists is complete
     print(f'  evaluated {len(todo)} runs in {time.time() - t1:.0f} s ({len(runs) - len(todo)} reused)\n', flush=True)
-    results = {run: json.loads(cache[run].read_text(encoding='utf-8')) for run in runs}
-    print_tables(args, results, recipes, [d.name for d in degradations], baseline)
+    return {run: json.loads(cache[run].read_text(encoding='utf-8')) for run in runs}
+
+
+def print_done(name, seconds):  # one write per line: runs finish in threads
+    sys.stdout.write(f'  {name}: ' + (f'trained in {seconds:.0f} s\n' if seconds else 'reused from the workdir\n'))
+    sys.stdout.flush()
+
+
+def main():
+    t_start = time.time()
+    args = parse_args()
+    if setup(args).type != 'cpu':
+        raise SystemExit('bench_prompt_information.py trains on the CPU through pdnsr/train.py; use --device cpu')
+    base = pi.Recipe(network=args.network, degradations=args.degradations, **{n: getattr(args, n) for n in RECIPE_ARGS})
+    recipes = plus_recipes(args, base)
+    baseline, plus = pi.NETWORK_PAIRS[args.network]
+    print_header(
+        args.device,
+        f'Prompts that carry information: {baseline} vs {plus} ({", ".join(recipes)}; dcm bank {args.dcm_bank}), '
+        f'x{base.scale}, {base.num_block} blocks, {base.num_feat} feat, {base.iters} iterations, batch {base.batch}, '
+        f'seeds {args.seeds}',
+    )
+    loaded = load_data(args, base)
+    if loaded is None:
+        return
+    data, workdir = loaded
+    recipe_of = {'baseline': (base, 'baseline'), **{label: (r, 'plus') for label, r in recipes.items()}}
+    runs = [(label, seed) for label in [*recipes, 'baseline'] for seed in args.seeds]  # longest first
+    opts = {run: pi.run_options(*recipe_of[run[0]], run[1], data['train'], data['prompt_dim']) for run in runs}
+    weights = train_all(list(opts.values()), workdir, args.jobs, reuse=True, on_done=print_done)
+    todo = {run: (opts[run], weights[opts[run]['name']], run[0] != 'baseline', None) for run in runs}
+    results = evaluate_all(todo, data, base.scale, workdir, args.jobs)
+    print_tables(args, results, recipes, [d.name for d in get_degradations(args.degradations)], baseline)
     print(f'total time {time.time() - t_start:.0f} s.')
 
 

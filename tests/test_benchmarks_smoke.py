@@ -30,9 +30,10 @@ SCRIPTS = {
     'bench_inference_memory.py': ([], '| network | LR input |'),
     'bench_onnx.py': ([], '| network | graph | PyTorch ms | onnxruntime ms |'),
     'bench_train_step.py': ([], '| network | training step | median ms |'),
+    'bench_router.py': (['--train', '--mechanisms', 'scaled', 'layernorm'], '| router | Set5 right − EDSR |'),
 }
 # Scripts that train through pdnsr/train.py on ../shared/data: a work folder each, and a skip when the data is absent.
-TRAINS = ('bench_quality.py', 'bench_prompt_information.py')
+TRAINS = ('bench_quality.py', 'bench_prompt_information.py', 'bench_router.py')
 
 
 @pytest.fixture(scope='module')

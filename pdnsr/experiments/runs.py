@@ -134,8 +134,8 @@ def run_pipeline(
     return RunResult(proc.returncode, '\n'.join(tail), time.time() - start, log_path)
 
 
-def train_all(opts, root, jobs=2, reuse=False, on_line=None, on_done=None):
-    """Train every option dict of ``opts`` with ``pdnsr/train.py``, ``jobs`` at once, one thread each.
+def train_all(opts, root, jobs=2, reuse=False, on_line=None, on_done=None, script='train', env=None):
+    """Train every option dict of ``opts`` with ``pdnsr/train.py`` (or ``script``), ``jobs`` at once, one thread each.
 
     Args:
         opts (list[dict]): option dicts with distinct names.
@@ -144,6 +144,8 @@ def train_all(opts, root, jobs=2, reuse=False, on_line=None, on_done=None):
         reuse (bool): a run whose final weights exist is not trained again (the caller keys names on the recipe).
         on_line (callable | None): ``on_line(name, line)`` for each output line.
         on_done (callable | None): ``on_done(name, seconds)`` when a run finishes (seconds None when reused).
+        script (str): ``'train'`` or the path of another script that runs basicsr's training pipeline.
+        env (dict | None): more environment variables of every run.
 
     Returns:
         dict[str, str]: name -> final weights path. Raises :class:`RunFailed` (the first failure) after all finish.
@@ -155,7 +157,7 @@ def train_all(opts, root, jobs=2, reuse=False, on_line=None, on_done=None):
             seconds = None
         else:
             lines = None if on_line is None else (lambda line: on_line(name, line))
-            seconds = run_pipeline(opt, root, on_line=lines).check(f'training {name}').seconds
+            seconds = run_pipeline(opt, root, script, on_line=lines, env=env).check(f'training {name}').seconds
         if on_done is not None:
             on_done(name, seconds)
         return weights_path(root, name)
