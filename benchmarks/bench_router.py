@@ -10,7 +10,8 @@ Then, with ``--train``, the choice among the fixes (:mod:`router_mechanisms`: pd
 routers, and the candidates ``layernorm``, ``learned``, ``lr``, ``init``), by measurement. Each trains the
 router-only EDSR+ (``use_attention: false``, where the router alone must carry the caption) of
 ``bench_prompt_information.py`` with its data and recipe, for ``--train-seeds``, and is scored like there; runs of
-pdnsr's routers, and EDSR's, are reused from a ``--workdir`` that benchmark has filled. docs/dcm.md ("The router's scale") quotes both tables.
+pdnsr's routers, and EDSR's, are reused from a ``--workdir`` that benchmark has filled. docs/dcm.md ("The router's
+scale") quotes both tables.
 
     .venv/bin/python benchmarks/bench_router.py [--weights run/net_g_latest.pth ... --opt run.yml]
     .venv/bin/python benchmarks/bench_router.py --train --workdir /tmp/pi_full [--train-seeds 0]
