@@ -40,14 +40,14 @@ NETWORKS = {  # (type, arguments): the paper's sizes on CUDA, smaller on the CPU
     'edsr': ('EDSRPlus', dict(num_feat=64, num_block=16), dict(num_feat=64, num_block=4)),
     'rcan': ('RCANPlus', dict(num_group=10, num_block=20), dict(num_group=2, num_block=4)),
 }
-CONFIGS = {
-    'eager float32': {},
-    'channels_last': dict(channels_last=True),
-    'bf16': dict(amp='bf16'),
-    'bf16 + channels_last': dict(amp='bf16', channels_last=True),
-    'fp16 (GradScaler)': dict(amp='fp16'),
-    'compiled': dict(compile=True),
-    'compiled, bf16 + channels_last': dict(compile=True, amp='bf16', channels_last=True),
+CONFIGS = {  # label: (--configs name, train: options)
+    'eager float32': ('fp32', {}),
+    'channels_last': ('cl', dict(channels_last=True)),
+    'bf16': ('bf16', dict(amp='bf16')),
+    'bf16 + channels_last': ('bf16-cl', dict(amp='bf16', channels_last=True)),
+    'fp16 (GradScaler)': ('fp16', dict(amp='fp16')),
+    'compiled': ('compile', dict(compile=True)),
+    'compiled, bf16 + channels_last': ('compile-bf16-cl', dict(compile=True, amp='bf16', channels_last=True)),
 }
 
 
@@ -66,14 +66,17 @@ def main():
     parser.add_argument('--networks', nargs='+', choices=sorted(NETWORKS), default=['edsr', 'rcan'])
     parser.add_argument('--batch', type=int, default=None, help='default 16 on CUDA, 4 on the CPU')
     parser.add_argument('--lr-size', type=int, default=48, help='LR patch side (default 48, the paper recipe)')
+    parser.add_argument('--configs', nargs='+', choices=[c[0] for c in CONFIGS.values()], default=None,
+                        help='the steps to time (default all; fp32, the baseline, is always timed)')  # fmt: skip
     args = parser.parse_args()
     device = setup(args)
     batch = args.batch or (16 if device.type == 'cuda' else 4)
     size, reps, warmup = (args.lr_size, args.reps or 5, 3) if not args.quick else (16, 1, 1)
-    configs = dict(CONFIGS)
+    chosen = set(args.configs or [c[0] for c in CONFIGS.values()]) | {'fp32'}
+    configs = {label: speed for label, (short, speed) in CONFIGS.items() if short in chosen}
     if args.quick:
         batch, args.networks = 2, ['edsr']
-        del configs['compiled, bf16 + channels_last']  # compiling takes a minute or two on a CPU
+        configs.pop('compiled, bf16 + channels_last', None)  # compiling takes a minute or two on a CPU
         for name in NETWORKS:
             NETWORKS[name] = (NETWORKS[name][0], dict(num_feat=16, num_block=1), dict(num_feat=16, num_block=1))
     print_header(device, f'PDNModel training step, x2, batch {batch}, {size}x{size} LR patches')
@@ -113,7 +116,7 @@ def main():
     )
     for net, times in timed.items():
         for label, against, target in checks:
-            if label in times:
+            if label in times and against in times:
                 ratio = paired_ratio(times[label][1], times[against][1])
                 check = verdict(ratio, target, quick=args.quick) if target else 'no target on the CPU (≤ 0.6 on CUDA)'
                 print(f'{net}: {label} ÷ {against} = {ratio:.2f} (per-round median): {check}')
