@@ -23,6 +23,7 @@ from pdnsr import provenance
 from pdnsr.archs.dcm_arch import dcm_modules, kernel_cache, takes_prompt, type_takes_prompt
 from pdnsr.archs.dcm_arch import keep_attention as set_keep_attention
 from pdnsr.archs.network_options import check_network_options
+from pdnsr.archs.plus_util import base_input_multiple, input_multiple, pad_to_multiple
 from pdnsr.checkpoints import dcm_layout_of, fit_state_dict, read_checkpoint, state_dict_of
 from pdnsr.data.image_files import read_rgb, write_image
 from pdnsr.errors import UserError
@@ -131,8 +132,23 @@ def load_network(opt_path, weights_path, device=None):
 _BASELINE = object()  # sentinel: the network takes no prompt (None already means "zero prompt")
 
 
-def _run(net, lq, prompt):
-    return net(lq) if prompt is _BASELINE else net(lq, prompt)
+def _run(net, lq, prompt, dcms, scale):
+    """``(sr, factor, masks)``: the network on ``lq`` (B, C, h, w), padded to what it needs
+    (:func:`~pdnsr.archs.plus_util.input_multiple`, reflection); ``sr`` cropped back to ``factor`` times (h, w);
+    ``masks``: ``{i: mask}`` of the ``dcms`` that made one, cropped to (h, w) when the base ran at LR resolution on
+    a padded input (padded here or by the network itself); a mask at another resolution keeps its size."""
+    h, w = lq.shape[-2:]
+    padded = pad_to_multiple(lq, input_multiple(net))
+    out = net(padded) if prompt is _BASELINE else net(padded, prompt)
+    factor = _check_scale(out, padded, scale)
+    m = base_input_multiple(net)
+    ran_on = (h + -h % m, w + -w % m)
+    masks = {}
+    for i, dcm in enumerate(dcms):
+        mask = dcm.last_attention  # None for a DCM built with use_attention: false
+        if mask is not None:
+            masks[i] = mask[..., :h, :w] if tuple(mask.shape[-2:]) == ran_on else mask
+    return out[..., : h * factor, : w * factor], factor, masks
 
 
 def check_tile_options(tile, tile_pad, names=('super_resolve: tile', 'tile_pad')):
@@ -149,7 +165,11 @@ def _tile_starts(size, tile):
 
 
 def super_resolve(net, lq, prompt=None, tile=None, tile_pad=32, keep_attention=False, scale=None):
-    """Super-resolve a batch of images, whole or tile by tile.
+    """Super-resolve a batch of images, whole or tile by tile, of any size.
+
+    A network that needs input sides of some multiple (:func:`~pdnsr.archs.plus_util.input_multiple`: basicsr's
+    SwinIR its window size, its RRDBNet 2 at x2 and 4 at x1) gets the image, or each tile, reflection-padded at the
+    bottom / right and its output cropped back, as the "+" networks RRDBNet+ / SwinIR+ do themselves.
 
     Args:
         net (torch.nn.Module): a "+" network (``forward(lq, prompt)``, has ``prompt_dim``) or a baseline
@@ -207,11 +227,8 @@ def _check_scale(out, inp, scale):
 
 
 def _forward_whole(net, lq, prompt, dcms, scale):
-    sr = _run(net, lq, prompt)
-    _check_scale(sr, lq, scale)
-    # A DCM built with use_attention: false has no mask.
-    masks = {i: m.last_attention.float() for i, m in enumerate(dcms) if m.last_attention is not None}
-    return sr.float(), masks
+    sr, _, masks = _run(net, lq, prompt, dcms, scale)
+    return sr.float(), {i: m.float() for i, m in masks.items()}
 
 
 def _forward_tiled(net, lq, prompt, dcms, tile, pad, scale):
@@ -223,17 +240,10 @@ def _forward_tiled(net, lq, prompt, dcms, tile, pad, scale):
             y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
             py0, px0, py1, px1 = max(y0 - pad, 0), max(x0 - pad, 0), min(y1 + pad, h), min(x1 + pad, w)
             patch = lq[:, :, py0:py1, px0:px1]
-            out = _run(net, patch, prompt)
+            out, scale, patch_masks = _run(net, patch, prompt, dcms, scale)
             if sr is None:
-                scale = _check_scale(out, patch, scale)
                 sr = lq.new_empty(b, out.shape[1], h * scale, w * scale, dtype=torch.float32)
-                masks = {
-                    i: lq.new_empty(b, 1, h, w, dtype=torch.float32)
-                    for i, m in enumerate(dcms)
-                    if m.last_attention is not None
-                }
-            else:
-                _check_scale(out, patch, scale)
+                masks = {i: lq.new_empty(b, 1, h, w, dtype=torch.float32) for i in patch_masks}
             # Offsets of the tile inside the padded patch, in LR pixels.
             ty, tx = y0 - py0, x0 - px0
             s = scale
@@ -241,7 +251,7 @@ def _forward_tiled(net, lq, prompt, dcms, tile, pad, scale):
                 :, :, ty * s : (ty + y1 - y0) * s, tx * s : (tx + x1 - x0) * s
             ]
             for i in masks:
-                mask = dcms[i].last_attention
+                mask = patch_masks[i]
                 if mask.shape[-2:] != patch.shape[-2:]:
                     raise ValueError(
                         f'super_resolve: DCM {i} works at {tuple(mask.shape[-2:])} for an input of '

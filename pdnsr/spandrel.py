@@ -25,15 +25,13 @@ than loaded as its base architecture without the DCMs. Loading needs ``import pd
 built by basicsr's registry from ``network_g``.
 """
 
-import inspect
 import json
 
 import torch
 from basicsr.archs import build_network
-from basicsr.archs.rrdbnet_arch import RRDBNet
-from basicsr.archs.swinir_arch import SwinIR
 from torch import nn
 
+from pdnsr.archs.plus_util import input_multiple
 from pdnsr.errors import UserError
 from pdnsr.export import require, written_atomically
 
@@ -77,26 +75,16 @@ def _layout(label):
     return f'; laid out as {label} or as a PromptGuided network on {label.rstrip("+")}'
 
 
-def _default(cls, name):
-    return inspect.signature(cls.__init__).parameters[name].default
-
-
-def size_requirements(network_g):
-    """spandrel's ``SizeRequirements`` of the network ``network_g`` builds: what it needs of an input's size.
+def size_requirements(net):
+    """spandrel's ``SizeRequirements`` of ``net``: what it needs of an input's size, by pdnsr's one rule
+    (:func:`pdnsr.archs.plus_util.input_multiple`).
 
     pdnsr's "+" networks take any size from 1 x 1 (measured): RRDBNet+ pads for its pixel-unshuffle at x2 / x1 and
     SwinIR+ to a multiple of its window, by reflection, as pdnsr-infer runs them; so spandrel adds no padding of its
     own and the output equals pdnsr's. A ``PromptGuided`` network is its base with DCMs: basicsr's RRDBNet needs
-    multiples of 2 (x2) / 4 (x1), its SwinIR multiples of the window (its SwinIRModel pads, the network does not),
-    EDSR / RCAN / RDN nothing; another base is not known here (spandrel's neutral requirements).
+    multiples of 2 (x2) / 4 (x1), its SwinIR multiples of the window, EDSR / RCAN / RDN nothing.
     """
-    base = network_g.get('base') if network_g.get('type') == 'PromptGuided' else None
-    multiple = 1
-    if isinstance(base, dict) and base.get('type') == 'RRDBNet':
-        multiple = {2: 2, 1: 4}.get(int(base.get('scale', _default(RRDBNet, 'scale'))), 1)
-    elif isinstance(base, dict) and base.get('type') == 'SwinIR':
-        multiple = int(base.get('window_size', _default(SwinIR, 'window_size')))
-    return spandrel.SizeRequirements(minimum=0, multiple_of=multiple, square=False)
+    return spandrel.SizeRequirements(minimum=0, multiple_of=input_multiple(net), square=False)
 
 
 def _has_dcms(state_dict):
@@ -175,7 +163,7 @@ class PdnsrArch(spandrel.Architecture):
             scale=scale,
             input_channels=int(in_ch),
             output_channels=int(out_ch),
-            size_requirements=size_requirements(network_g),
+            size_requirements=size_requirements(net),
             tiling=tiling,
         )
 

@@ -44,6 +44,30 @@ network_g:
   upscale: 2
 """
 RDN = RDN_PLUS.replace('RDNPlus', 'RDN')
+# Baselines that need input sides of a multiple (pdnsr.archs.plus_util.input_multiple): SwinIR of its window (8, as in
+# options/test_swinir_baseline_x4.yml), RRDBNet at x2 of 2 (its pixel-unshuffle).
+SWINIR = """
+network_g:
+  type: SwinIR
+  upscale: 2
+  img_size: 16
+  window_size: 8
+  depths: [1]
+  num_heads: [2]
+  embed_dim: 8
+  mlp_ratio: 1
+  upsampler: pixelshuffle
+"""
+RRDBNET_X2 = """
+network_g:
+  type: RRDBNet
+  num_in_ch: 3
+  num_out_ch: 3
+  scale: 2
+  num_feat: 8
+  num_block: 1
+  num_grow_ch: 4
+"""
 
 
 def _make_model(root, name, yaml_text, seed=0):
@@ -183,6 +207,32 @@ def test_super_resolve_prompt_matters_and_baseline_ignores_it(paired_data, model
 
 # ---------------------------------------------------------------------------------------------------------------------
 # CLI
+@pytest.mark.parametrize('name, yaml_text', [('swinir', SWINIR), ('rrdbnet_x2', RRDBNET_X2)])
+def test_baselines_that_need_a_multiple_take_any_size(tmp_path, capsys, name, yaml_text):
+    """pdnsr-infer on a 17 x 19 image with basicsr's SwinIR (window 8) and RRDBNet x2 (pixel-unshuffle by 2), which
+    fail on such sizes by themselves: exactly 34 x 38 out, whole and tiled, and the whole image is the network on
+    the image reflection-padded at the bottom / right, cropped."""
+    model = _make_model(str(tmp_path), name, yaml_text)
+    image = tmp_path / 'in.png'
+    rgb = np.random.default_rng(0).integers(0, 256, (17, 19, 3), dtype=np.uint8)
+    cv2.imwrite(str(image), rgb[..., ::-1])
+    net = _net(model)
+    multiple = 8 if name == 'swinir' else 2
+    with pytest.raises((RuntimeError, AssertionError)):  # the network alone: what pdnsr-infer ran into
+        net(image_to_tensor(rgb, 'cpu'))
+    with torch.no_grad():
+        padded = torch.nn.functional.pad(image_to_tensor(rgb, 'cpu'), (0, -19 % multiple, 0, -17 % multiple), 'reflect')
+        expected = tensor_to_bgr(net(padded)[..., :34, :38])
+    for extra in ([], ['--tile', '8', '--tile-pad', '4']):
+        out = tmp_path / f'out{len(extra)}'
+        code, err = _cli(capsys, model, image, out, *extra)
+        assert code == 0 and 'Traceback' not in err, err
+        sr = cv2.imread(str(out / 'in_pdnsr.png'))
+        assert sr.shape == (34, 38, 3)
+        if not extra:
+            np.testing.assert_array_equal(sr, expected)
+
+
 @pytest.mark.slow
 def test_cli_text_prompt_real_encoder(tmp_path, paired_data, models, clip_encoder, capsys):
     """Builds its own random-weight CLIP (--clip-pretrained none) and matches the library call."""

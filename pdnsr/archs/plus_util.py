@@ -1,8 +1,11 @@
-"""Pieces shared by the prompt-guided ("+") networks: DCM options, supported scales, the common forward."""
+"""Pieces shared by the prompt-guided ("+") networks: DCM options, supported scales, the common forward, and what
+input sizes a network needs (:func:`input_multiple`, :func:`pad_to_multiple`)."""
 
 import inspect
 
 import torch
+from basicsr.archs.rrdbnet_arch import RRDBNet
+from basicsr.archs.swinir_arch import SwinIR
 from torch import nn
 
 from pdnsr.archs.dcm_arch import DynamicCorrelationModule
@@ -25,6 +28,37 @@ def plus_signature(base_cls):
         inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in (('prompt_dim', 512), ('dcm', None))
     ]
     return inspect.signature(base_cls.__init__).replace(parameters=params + extra)
+
+
+def base_input_multiple(net):
+    """The multiple of h and w that the forward of ``net``'s basicsr class needs (1: any size).
+
+    basicsr's RRDBNet pixel-unshuffles by 2 at scale 2 and by 4 at scale 1; its SwinIR cuts the image into windows of
+    ``window_size`` (basicsr's SwinIRModel pads, the network does not). Every other network takes any size.
+    """
+    if isinstance(net, RRDBNet):
+        return {2: 2, 1: 4}.get(net.scale, 1)
+    if isinstance(net, SwinIR):
+        return net.layers[0].residual_group.blocks[0].window_size  # SwinIR keeps it only in its blocks
+    return 1
+
+
+def input_multiple(net):
+    """The multiple of h and w that ``net`` needs of its input, the one rule of pdnsr-infer, spandrel and the
+    experiments: 1 for a network that pads itself (``pads_input``: RRDBNet+, SwinIR+), else
+    :func:`base_input_multiple`."""
+    return 1 if getattr(net, 'pads_input', False) else base_input_multiple(net)
+
+
+def pad_to_multiple(x, multiple):
+    """``x`` (B, C, h, w) padded at the bottom / right to multiples of ``multiple`` by reflection, as the official
+    SwinIR and Real-ESRGAN inference do; an image too small to reflect (padding >= its side) by replication."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not (pad_h or pad_w):
+        return x
+    mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def check_scale(upscale, network):

@@ -44,7 +44,7 @@ from torch import nn
 
 from pdnsr.archs.dcm_arch import DynamicCorrelationModule
 from pdnsr.archs.network_options import network_parameters
-from pdnsr.archs.plus_util import make_dcms, plus_signature
+from pdnsr.archs.plus_util import base_input_multiple, make_dcms, pad_to_multiple, plus_signature
 
 # The prompt-guided forward in progress in this thread (or asyncio task), or None outside any.
 _ACTIVE_CALL = contextvars.ContextVar('pdnsr_prompt_guided_call', default=None)
@@ -273,17 +273,14 @@ class PromptGuidedMixin:
             )
         return out
 
-    def _padded_forward(self, x, prompt, multiple, scale):
-        """:meth:`forward` on ``x`` reflection-padded at the bottom / right to multiples of ``multiple``, with the
-        output cropped back to ``scale`` times the input size (for bases that need such input sizes)."""
+    def _padded_forward(self, x, prompt, scale):
+        """:meth:`forward` on ``x`` padded to what the base needs (:func:`~pdnsr.archs.plus_util.pad_to_multiple`,
+        :func:`~pdnsr.archs.plus_util.base_input_multiple`), with the output cropped back to ``scale`` times the
+        input size (for bases that need such input sizes; such a class sets ``pads_input = True``)."""
         h, w = x.shape[-2:]
-        pad_h, pad_w = -h % multiple, -w % multiple
-        if not (pad_h or pad_w):
-            return PromptGuidedMixin.forward(self, x, prompt)
-        # Reflection needs more pixels than it pads; an image that small (a few pixels) is padded by replication.
-        mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
-        x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        return PromptGuidedMixin.forward(self, x, prompt)[..., : h * scale, : w * scale]
+        padded = pad_to_multiple(x, base_input_multiple(self))
+        out = PromptGuidedMixin.forward(self, padded, prompt)
+        return out if padded is x else out[..., : h * scale, : w * scale]
 
 
 # Subclasses of (PromptGuided, base class) made for PromptGuided's `base.type`, one per base class.
@@ -356,6 +353,8 @@ class RRDBNetPlus(PromptGuidedMixin, RRDBNet):
     reflection-padded and the output cropped, as Real-ESRGAN's inference does.
     """
 
+    pads_input = True  # any input size (pdnsr.archs.plus_util.input_multiple)
+
     def __init__(
         self, num_in_ch, num_out_ch, scale=4, num_feat=64, num_block=23, num_grow_ch=32, prompt_dim=512, dcm=None
     ):
@@ -365,7 +364,7 @@ class RRDBNetPlus(PromptGuidedMixin, RRDBNet):
         self.add_prompt_guidance('body.*', prompt_dim, dcm, num_feat)
 
     def forward(self, x, prompt=None):
-        return self._padded_forward(x, prompt, {2: 2, 1: 4}.get(self.scale, 1), self.scale)
+        return self._padded_forward(x, prompt, self.scale)
 
 
 @ARCH_REGISTRY.register()
@@ -378,6 +377,8 @@ class SwinIRPlus(PromptGuidedMixin, SwinIR):
     (B, prompt_dim) or None; returns (B, in_chans, upscale*h, upscale*w).
     """
 
+    pads_input = True  # any input size (pdnsr.archs.plus_util.input_multiple)
+
     def __init__(self, prompt_dim=512, dcm=None, **kwargs):
         _check_base_options(SwinIR, kwargs, 'SwinIRPlus')
         super().__init__(**kwargs)
@@ -389,7 +390,7 @@ class SwinIRPlus(PromptGuidedMixin, SwinIR):
     def forward(self, x, prompt=None):
         """Pads h and w to multiples of ``window_size`` (reflection) and crops the output, as the official SwinIR does:
         basicsr's SwinIR needs such sizes and leaves the padding to its SwinIRModel, which PDNModel is not."""
-        return self._padded_forward(x, prompt, self.window_size, self.upscale)
+        return self._padded_forward(x, prompt, self.upscale)
 
     # What inspect (option checks, pdnsr.options) reports: SwinIR's own named arguments, then prompt_dim and dcm.
     __init__.__signature__ = plus_signature(SwinIR)

@@ -33,8 +33,6 @@ from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 
 # --network NAME -> (baseline type, "+" type); both take the recipe's num_feat and num_block.
 NETWORK_PAIRS = {'EDSR': ('EDSR', 'EDSRPlus'), 'RRDBNet': ('RRDBNet', 'RRDBNetPlus')}
-# basicsr's RRDBNet pixel-unshuffles by 2 at x2: odd LR sizes are reflection-padded (as RRDBNetPlus does itself).
-INPUT_MULTIPLE = {'RRDBNet': 2}
 DEFAULT_ROUTER = DCM_OPTIONS['router']
 PLUS_MODES = ('right', 'swapped', 'zero')  # which prompt the "+" network is given at test time
 SATURATED = 0.02  # a mask value below this or above 1 - this counts as saturated
@@ -212,7 +210,6 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
         trained = (record or {}).get('prompt_encoder')
         for *_, store, _swapped in tests.values():
             provenance.check_same_space(trained, provenance.encoder_record(PromptStore(store).meta), weights, store)
-    multiple = INPUT_MULTIPLE.get(type(net).__name__.replace('Plus', ''), 1)
     dcms = dcm_modules(net)
     out = {'scores': {}, 'diag': {}}
     for (set_name, deg_name), (hr, lr, *stores) in tests.items():
@@ -223,8 +220,8 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
         diag = out['diag'].setdefault(deg_name, {'mask': {}, 'saturated': {}, 'right_vs_swapped': [], 'n': 0})
         for i in range(len(right)):
             item, gt = right[i], tensor2img(right[i]['gt'])
-            h, w = item['lq'].shape[-2:]
-            lq = torch.nn.functional.pad(item['lq'][None], (0, -w % multiple, 0, -h % multiple), mode='reflect')
+            # An odd LR size for RRDBNet at x2 is reflection-padded and cropped back by super_resolve (input_multiple).
+            lq = item['lq'][None]
             modes = {'baseline': None}
             if prompted:
                 modes = {'right': item['prompt'][None], 'swapped': wrong[i]['prompt'][None], 'zero': None}
@@ -233,7 +230,7 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
             masks = {}
             for mode, prompt in modes.items():
                 sr, masks[mode] = super_resolve(net, lq, prompt, keep_attention=True, scale=scale)
-                sr = tensor2img(sr[..., : h * scale, : w * scale])
+                sr = tensor2img(sr)
                 cell.setdefault(mode, []).append(score(sr, gt, scale))
                 if keep_images:
                     kept = out.setdefault('images', {}).setdefault(set_name, {}).setdefault(deg_name, {'masks': {}})
