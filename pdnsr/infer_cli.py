@@ -28,6 +28,7 @@ from pdnsr.inference import (
     tensor_to_bgr,
 )
 from pdnsr.prompts.build import load_captions
+from pdnsr.prompts.encoder import check_prompt_length
 from pdnsr.utils.visualization import overlay_heatmap
 
 NO_PROMPT_WARNING = (
@@ -132,7 +133,7 @@ def _prompt_source(args, net, device, inputs, record, single=False):
 
     Raises:
         UserError: ``single`` (``--input FILE``) and the file has no caption in ``--captions``; a ``--prompt``
-            longer than CLIP reads (:func:`check_prompt_length`).
+            longer than CLIP reads (:func:`pdnsr.prompts.encoder.check_prompt_length`).
     """
     keys = list(inputs)
     prompt_given = args.prompt is not None or args.prompt_image is not None or args.captions is not None
@@ -156,7 +157,7 @@ def _prompt_source(args, net, device, inputs, record, single=False):
     )
     view = args.prompt_view or ((record or {}).get('prompt_encoder') or {}).get('view') or 'flip'
     if args.prompt is not None:
-        check_prompt_length(encoder, args.prompt)
+        check_prompt_length(args.prompt, encoder.model_name)
         emb = encoder.encode_text([args.prompt])
         return (lambda key, rgb: emb), []
     if own_image:
@@ -168,28 +169,6 @@ def _prompt_source(args, net, device, inputs, record, single=False):
     emb = encoder.encode_text([captions[k][0] for k in found], keys=found)
     rows = {k: emb[i : i + 1] for i, k in enumerate(found)}
     return (lambda key, rgb: rows[key]), missing
-
-
-def check_prompt_length(encoder, text, flag='--prompt'):
-    """Refuse a prompt longer than CLIP's text context (``encoder.context_length`` tokens, 77 for open_clip's text
-    models, start and end tokens included): CLIP would silently encode only its beginning.
-
-    Captions files keep the encoder's rule (truncated, with a warning naming the key): one long caption among
-    thousands should not stop a store build; a prompt typed for one run should say what it will be.
-
-    Raises:
-        UserError: naming the flag, the prompt's token count and the limit.
-    """
-    limit = encoder.context_length
-    # Byte-level BPE: at most one token per UTF-8 byte (twice that allows for the tokenizer's cleaning), plus the
-    # start and end tokens; padding is 0.
-    tokens = encoder.tokenizer([text], context_length=2 * len(text.encode('utf-8')) + 2)
-    count = int((tokens[0] != 0).sum())
-    if count > limit:
-        raise UserError(
-            f'{flag} has {count} tokens ({len(text)} characters) but the text encoder of CLIP {encoder.model_name} '
-            f'reads at most {limit} tokens, start and end included; shorten it (CLIP would use only its beginning)'
-        )
 
 
 def _warn(message):

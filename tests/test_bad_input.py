@@ -1,8 +1,9 @@
 """Bad input through the real commands: one table, one row per mistake a user can make, and what the command does.
 
 Each row runs one command as a user types it, in a subprocess of this checkout's Python (``python -m
-pdnsr.infer_cli``, ``python pdnsr/test.py -opt``, ``python scripts/data_preparation/prepare_coco.py``,
-``python scripts/convert_dcm_bank.py``), on one bad input written into the row's own folder. What a row expects:
+pdnsr.infer_cli``, ``python -m pdnsr.export.cli``, ``python pdnsr/test.py -opt``,
+``python scripts/data_preparation/prepare_coco.py``, ``python scripts/convert_dcm_bank.py``), on one bad input
+written into the row's own folder. What a row expects:
 
 - ``refused`` (most rows): exit status 2; the last line on stderr is ``<command>: error: ...`` and names the
   culprit (the file, key, option or number); the outputs the command was asked to write are as they were before
@@ -48,6 +49,7 @@ PYTHON = sys.executable
 # command -> (argv before the row's arguments, the name its error lines start with)
 COMMANDS = {
     'pdnsr-infer': ([PYTHON, '-m', 'pdnsr.infer_cli'], 'pdnsr-infer'),
+    'pdnsr-export': ([PYTHON, '-m', 'pdnsr.export.cli'], 'pdnsr-export'),
     'prepare_coco.py': (
         [PYTHON, str(REPO_ROOT / 'scripts' / 'data_preparation' / 'prepare_coco.py')],
         'prepare_coco.py',
@@ -205,6 +207,19 @@ def sr(h, w):
     return (2 * h, 2 * w, 3)
 
 
+def converted(row_id, h, w, *extra, pictures=('pdnsr',), **pixels):
+    """A ``converted`` row: pdnsr-infer (with ``extra``) on one h x w image file written by ``image(h, w,
+    **pixels)``; it writes ``out/in_<picture>.png`` of twice that size for each of ``pictures``."""
+    return Case(
+        row_id,
+        'pdnsr-infer',
+        infer(*extra, input='{dir}/in.png'),
+        files={'in.png': image(h, w, **pixels)},
+        expect='converted',
+        written={f'out/in_{picture}.png': sr(h, w) for picture in pictures},
+    )
+
+
 # ------------------------------------------------------------------------------------------------------------ table
 CASES = [
     # ---- data preparation: captions and image folders are checked before any image work
@@ -315,6 +330,14 @@ CASES = [
         infer('--prompt', LONG_PROMPT, '--clip-pretrained', 'none'),
         ('--prompt has', 'tokens (10000 characters)', 'at most 77 tokens'),
     ),
+    # ---- pdnsr-export: the same prompt refused before anything is loaded
+    Case(
+        'export-prompt-of-10000-characters',
+        'pdnsr-export',
+        ('--opt', '{opt}', '--weights', '{weights}', '--output', '{dir}/model.onnx', '--prompt', LONG_PROMPT),
+        ('--prompt has', 'tokens (10000 characters)', 'at most 77 tokens'),
+        outputs=('.',),  # the whole row folder: nothing at all is written
+    ),
     Case('weights-missing', 'pdnsr-infer', infer(weights='{dir}/net_g.pth'), ('{dir}/net_g.pth', 'does not exist')),
     Case(
         'weights-a-png',
@@ -400,46 +423,17 @@ CASES = [
         slow=True,
     ),
     # ---- inputs docs/inference.md says are converted, and the smallest sizes
-    Case(
-        'image-1x1',
-        'pdnsr-infer',
-        infer(input='{dir}/in.png'),
-        files={'in.png': image(1, 1)},
-        expect='converted',
-        written={'out/in_pdnsr.png': sr(1, 1)},
-    ),
-    Case(
+    converted('image-1x1', 1, 1),
+    converted(
         'image-1-pixel-high-with-attention',
-        'pdnsr-infer',
-        infer('--save-attention', input='{dir}/in.png'),
-        files={'in.png': image(1, 20)},
-        expect='converted',
-        written={f'out/in_{name}.png': sr(1, 20) for name in ('pdnsr', 'attention_dcm0', 'attention_dcm1')},
+        1,
+        20,
+        '--save-attention',
+        pictures=('pdnsr', 'attention_dcm0', 'attention_dcm1'),
     ),
-    Case(
-        'image-greyscale',
-        'pdnsr-infer',
-        infer(input='{dir}/in.png'),
-        files={'in.png': image(12, 10, channels=1)},
-        expect='converted',
-        written={'out/in_pdnsr.png': sr(12, 10)},
-    ),
-    Case(
-        'image-rgba',
-        'pdnsr-infer',
-        infer(input='{dir}/in.png'),
-        files={'in.png': image(12, 10, channels=4)},
-        expect='converted',
-        written={'out/in_pdnsr.png': sr(12, 10)},
-    ),
-    Case(
-        'image-16-bit',
-        'pdnsr-infer',
-        infer(input='{dir}/in.png'),
-        files={'in.png': image(12, 10, dtype=np.uint16)},
-        expect='converted',
-        written={'out/in_pdnsr.png': sr(12, 10)},
-    ),
+    converted('image-greyscale', 12, 10, channels=1),
+    converted('image-rgba', 12, 10, channels=4),
+    converted('image-16-bit', 12, 10, dtype=np.uint16),
 ]
 CASES_BY_ID = {case.id: case for case in CASES}
 

@@ -83,6 +83,10 @@ def run(args):
     fixed_size = _fixed_size(args.fixed_size)
     if fmt == 'onnx':
         check_opset(args.opset)
+    if args.prompt is not None:  # as pdnsr-infer refuses it; before anything loads (only CLIP's tokenizer is built)
+        from pdnsr.prompts.encoder import check_prompt_length
+
+        check_prompt_length(args.prompt, args.clip_model)
     # The packages of the deploy extra, before minutes of loading and encoding.
     for package in ('onnx', 'onnxruntime') if fmt == 'onnx' else ('spandrel', 'safetensors'):
         require(package, f'pdnsr-export --format {fmt}')

@@ -6,6 +6,7 @@ without internet: a hub tag that is not in the local cache is only downloaded af
 any failure becomes one ``RuntimeError`` telling the user to pass a local checkpoint file.
 """
 
+import functools
 import os
 import urllib.error
 import urllib.request
@@ -109,6 +110,38 @@ def _probe_download_host(tag_cfg):
         return f'{url} is not reachable ({getattr(err, "reason", err)})', err
 
 
+@functools.lru_cache(maxsize=4)
+def tokenizer_of(model_name):
+    """``(tokenizer, context_length)`` of open_clip's ``model_name``, built once: the vocabulary only, no weights.
+    ``context_length``: the tokens its text encoder reads, start and end included (77 for CLIP)."""
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return tokenizer, int(getattr(tokenizer, 'context_length', None) or 77)
+
+
+def check_prompt_length(text, model_name=None, flag='--prompt'):
+    """Refuse a prompt longer than the text context of open_clip's ``model_name`` (:func:`tokenizer_of`; None:
+    ViT-B-32, whose tokenizer and 77 tokens every open_clip CLIP model shares): CLIP would silently encode only its
+    beginning. Builds only the tokenizer, so a command checks before it loads anything (``pdnsr-export``).
+
+    Captions files keep :meth:`PromptEncoder.encode_text`'s rule (truncated, with a warning naming the key): one long
+    caption among thousands should not stop a store build; a prompt typed for one run should say what it will be.
+
+    Raises:
+        UserError: naming ``flag``, the prompt's token count and the limit.
+    """
+    model_name = model_name or 'ViT-B-32'
+    tokenizer, limit = tokenizer_of(model_name)
+    # Byte-level BPE: at most one token per UTF-8 byte (twice that allows for the tokenizer's cleaning), plus the
+    # start and end tokens; padding is 0.
+    tokens = tokenizer([text], context_length=2 * len(text.encode('utf-8')) + 2)
+    count = int((tokens[0] != 0).sum())
+    if count > limit:
+        raise UserError(
+            f'{flag} has {count} tokens ({len(text)} characters) but the text encoder of CLIP {model_name} reads at '
+            f'most {limit} tokens, start and end included; shorten it (CLIP would use only its beginning)'
+        )
+
+
 class PromptEncoder:
     """CLIP (open_clip) text and image encoder for prompts.
 
@@ -157,8 +190,7 @@ class PromptEncoder:
 
         self.model = model.to(self.device).eval()
         self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(model_name)
-        self.context_length = int(getattr(self.tokenizer, 'context_length', None) or 77)
+        self.tokenizer, self.context_length = tokenizer_of(model_name)
         with torch.no_grad():
             probe = self.tokenizer(['a'])
             self.embed_dim = int(self.model.encode_text(probe.to(self.device)).shape[-1])
