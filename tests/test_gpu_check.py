@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from test_training import tiny_options
 
 from conftest import REPO_ROOT
+from pdnsr.experiments.runs import run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -49,3 +51,18 @@ def test_gpu_check_without_cuda_is_one_line():
     assert proc.returncode == 2 and proc.stderr.strip() == (
         'gpu_check.py: error: --device cuda: no CUDA device here; use --device cpu'
     )
+
+
+def test_torchrun_with_one_process_is_a_distributed_run(paired_data, tmp_path):
+    """What the GPU check runs on a one-GPU machine: torchrun with one process (here gloo), so the process group, the
+    DDP wrapper and the distributed validation are exercised; validation during and after training."""
+    opt = tiny_options(paired_data, 'one', total_iter=4)
+    opt['train']['ema_decay'] = 0  # the shipped recipes' setting: validation through net_g
+    opt['val']['val_freq'] = 2
+    result = run_pipeline(opt, str(tmp_path), nproc=1, port=29662, threads=1, timeout=300, launcher='torchrun')
+    log = open(result.log_path, encoding='utf-8').read()
+    assert result.returncode == 0, log[-3000:]
+    assert re.search(r'^\s*dist: True$', log, re.M) and re.search(r'^\s*world_size: 1$', log, re.M), log[-3000:]
+    assert log.count('Validation tinyval') == 3, log[-3000:]  # iterations 2 and 4, and after training
+    with pytest.raises(ValueError, match="launcher must be None or 'torchrun', got 'mpirun'"):
+        run_pipeline(opt, str(tmp_path), launcher='mpirun')
