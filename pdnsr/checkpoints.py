@@ -70,7 +70,9 @@ def read_checkpoint(path, what='weights file'):
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # torch raises several types (UnpicklingError, RuntimeError, EOFError) for bad files
         message = ' '.join(str(err).split())
-        if 'Unsupported global' in message or 'allowlist' in message:  # an object weights_only refuses to build
+        # An object weights_only refuses to build: "Unsupported global: GLOBAL x.y", or "unsupported GLOBAL x.y whose
+        # module x is blocked" (a callable of a blocked module, e.g. os.system).
+        if re.search(r'unsupported global|allowlist', message, re.IGNORECASE):
             found = re.search(r'GLOBAL (\S+)', message)
             what_object = f'{found.group(1)}; ' if found else ''
             reason = (
