@@ -52,75 +52,38 @@ def swinir_args(embed_dim, depth, layers, window):
     )  # fmt: skip
 
 
-def configs(quick, scale):
-    """(key, label, baseline class, "+" class, kwargs, target)."""
-    if quick:
-        return [
-            ('edsr', 'EDSR+ / EDSR (2 blocks, 8 feat)', EDSR, EDSRPlus, dict(num_feat=8, num_block=2), 1.5),
-            (
-                'rcan',
-                'RCAN+ / RCAN (1 group x 3 blocks, 8 feat)',
-                RCAN,
-                RCANPlus,
-                dict(num_feat=8, num_group=1, num_block=3, squeeze_factor=4),
-                1.12,
-            ),
-            (
-                'rdn',
-                'RDN+ / RDN (D2 C2 G8, 8 feat)',
-                RDN,
-                RDNPlus,
-                dict(num_feat=8, num_block=2, num_layer=2, growth=8),
-                1.15,
-            ),
-            (
-                'rrdbnet',
-                'RRDBNet+ / RRDBNet (2 RRDBs, 8 feat)',
-                RRDBNet,
-                RRDBNetPlus,
-                dict(num_feat=8, num_block=2, num_grow_ch=4),
-                None,
-            ),
-            ('swinir', 'SwinIR+ / SwinIR (2 x 2 blocks, 12 dim)', SwinIR, SwinIRPlus, swinir_args(12, 2, 2, 4), None),
-        ]
+# key -> (baseline class, "+" class, target, [(size label, arguments)] of --quick, the same at full size)
+PAIRS = {
+    'edsr': (EDSR, EDSRPlus, 1.5, [('2 blocks, 8 feat', dict(num_feat=8, num_block=2))],
+             [('16 blocks, 64 feat', dict(num_feat=64, num_block=16))]),
+    'rcan': (RCAN, RCANPlus, 1.12, [('1 group x 3 blocks, 8 feat', dict(num_feat=8, num_group=1, num_block=3,
+                                                                        squeeze_factor=4))],
+             [(f'{g} groups x 20 blocks, 64 feat', dict(num_feat=64, num_group=g, num_block=20, squeeze_factor=16))
+              for g in (2, 10)]),
+    'rdn': (RDN, RDNPlus, 1.15, [('D2 C2 G8, 8 feat', dict(num_feat=8, num_block=2, num_layer=2, growth=8))],
+            [('D16 C8 G64, 64 feat', dict(num_feat=64, num_block=16, num_layer=8, growth=64))]),
+    'rrdbnet': (RRDBNet, RRDBNetPlus, None, [('2 RRDBs, 8 feat', dict(num_feat=8, num_block=2, num_grow_ch=4))],
+                [('23 RRDBs, 64 feat', dict(num_block=23))]),
+    'swinir': (SwinIR, SwinIRPlus, None, [('2 x 2 blocks, 12 dim', swinir_args(12, 2, 2, 4))],
+               [('6 x 6 blocks, 180 dim', swinir_args(180, 6, 6, 8))]),
+}  # fmt: skip
+
+
+def configs(quick):
+    """(key, label, baseline class, "+" class, kwargs, target) of every pair and size."""
     return [
-        ('edsr', 'EDSR+ / EDSR (16 blocks, 64 feat)', EDSR, EDSRPlus, dict(num_feat=64, num_block=16), 1.5),
-        (
-            'rcan',
-            'RCAN+ / RCAN (2 groups x 20 blocks, 64 feat)',
-            RCAN,
-            RCANPlus,
-            dict(num_feat=64, num_group=2, num_block=20, squeeze_factor=16),
-            1.12,
-        ),
-        (
-            'rcan',
-            'RCAN+ / RCAN (10 groups x 20 blocks, 64 feat)',
-            RCAN,
-            RCANPlus,
-            dict(num_feat=64, num_group=10, num_block=20, squeeze_factor=16),
-            1.12,
-        ),
-        (
-            'rdn',
-            'RDN+ / RDN (D16 C8 G64, 64 feat)',
-            RDN,
-            RDNPlus,
-            dict(num_feat=64, num_block=16, num_layer=8, growth=64),
-            1.15,
-        ),
-        ('rrdbnet', 'RRDBNet+ / RRDBNet (23 RRDBs, 64 feat)', RRDBNet, RRDBNetPlus, dict(num_block=23), None),
-        ('swinir', 'SwinIR+ / SwinIR (6 x 6 blocks, 180 dim)', SwinIR, SwinIRPlus, swinir_args(180, 6, 6, 8), None),
+        (key, f'{plus.__name__[:-4]}+ / {base.__name__} ({size})', base, plus, kwargs, target)
+        for key, (base, plus, target, small, full) in PAIRS.items()
+        for size, kwargs in (small if quick else full)
     ]
 
 
 def main():
-    parser = make_parser(__doc__.splitlines()[0])
+    parser = make_parser(__doc__.splitlines()[0], reps=5, only=PAIRS)
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--size', type=int, default=48)
     parser.add_argument('--scale', type=int, default=4)
     parser.add_argument('--prompt-dim', type=int, default=512)
-    parser.add_argument('--only', default='', help='comma-separated subset of edsr,rcan,rdn,rrdbnet,swinir')
     parser.add_argument('--banks', default='paper,compact', help='DCM kernel banks to time (default paper,compact)')
     args = parser.parse_args()
     banks = [b for b in args.banks.split(',') if b]
@@ -129,18 +92,16 @@ def main():
         parser.error(f'--banks: unknown bank(s) {unknown}; choose from {list(BANKS)}')
     if args.quick:
         args.batch, args.size, args.prompt_dim = 1, 12, 16
-    reps = args.reps or (1 if args.quick else 5)
     device = setup(args)
-    only = set(filter(None, args.only.split(',')))
 
     print_header(
         device,
         f'"+" network ÷ baseline, forward + backward (batch {args.batch}, {args.size}x{args.size} '
-        f'LR, x{args.scale}, prompt_dim {args.prompt_dim}, {reps} interleaved rounds)',
+        f'LR, x{args.scale}, prompt_dim {args.prompt_dim}, {args.reps} interleaved rounds)',
     )
     rows = []
-    for key, label, base_cls, plus_cls, kwargs, target in configs(args.quick, args.scale):
-        if only and key not in only:
+    for key, label, base_cls, plus_cls, kwargs, target in configs(args.quick):
+        if args.only and key not in args.only:
             continue
         torch.manual_seed(0)
         common_kw = network_args(base_cls, args.scale, kwargs)
@@ -151,7 +112,7 @@ def main():
         for bank in banks:
             plus = plus_cls(prompt_dim=args.prompt_dim, dcm=dict(bank=bank), **common_kw).to(device)
             steps[bank] = fwd_bwd(plus, (x, prompt))
-        res = time_interleaved(steps, device, reps=reps)
+        res = time_interleaved(steps, device, reps=args.reps)
         tb, sb = res['base']
         for bank in banks:
             tp, sp = res[bank]

@@ -83,25 +83,22 @@ def profile(path, feeds, threads, runs=2, top=6):
 
 
 def main():
-    parser = common.make_parser(__doc__.splitlines()[0])
+    parser = common.make_parser(__doc__.splitlines()[0], reps=5, only=('edsr', 'rcan'))
     parser.add_argument('--size', type=int, default=128, help='side of the LR image (default 128)')
     parser.add_argument('--scale', type=int, default=4)
-    parser.add_argument('--only', default='', help='comma-separated subset of edsr,rcan')
     parser.add_argument('--profile', action='store_true', help="onnxruntime's time by operator type, per graph")
     args = parser.parse_args()
     prompt_dim = 512
     if args.quick:
         args.size, prompt_dim = 16, 16
-    reps = args.reps or (1 if args.quick else 5)
     device = common.setup(args)
     if device.type != 'cpu':
         parser.error('bench_onnx measures the CPU (onnxruntime CPU provider); use --device cpu')
-    only = set(filter(None, args.only.split(',')))
 
     common.print_header(
         device,
         f'onnxruntime ÷ PyTorch inference, batch 1, {args.size}x{args.size} LR, x{args.scale}, prompt_dim '
-        f'{prompt_dim}, {reps} interleaved rounds',
+        f'{prompt_dim}, {args.reps} interleaved rounds',
     )
     gen = torch.Generator().manual_seed(0)
     lq = torch.rand(1, 3, args.size, args.size, generator=gen)
@@ -110,7 +107,7 @@ def main():
     rows, profiles = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for key, label, cls, kwargs in QUICK if args.quick else NETWORKS:
-            if only and key not in only:
+            if args.only and key not in args.only:
                 continue
             net = build(cls, kwargs, args.scale, prompt_dim)
             want = super_resolve(net, lq, prompt)
@@ -127,7 +124,7 @@ def main():
                     feeds = {'image': lq.numpy(), **({} if baked else {'prompt': prompt.numpy()})}
                     for op, ms, share in profile(path, feeds, args.threads):
                         profiles.append([label, graph, op, f'{ms:.1f}', f'{share:.0%}'])
-            res = common.time_interleaved(steps, device, reps=reps)
+            res = common.time_interleaved(steps, device, reps=args.reps)
             t_torch, s_torch = res['torch']
             for graph, *_ in GRAPHS:
                 t_ort, s_ort = res[graph]

@@ -31,25 +31,22 @@ def configs(quick):
 
 
 def main():
-    parser = make_parser(__doc__.splitlines()[0])
+    parser = make_parser(__doc__.splitlines()[0], reps=5, only=('edsr', 'rdn'))
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--size', type=int, default=48)
-    parser.add_argument('--only', default='', help='comma-separated subset of edsr,rdn')
     args = parser.parse_args()
     if args.quick:
         args.batch, args.size = 1, 12
     d = 16 if args.quick else 512
-    reps = args.reps or (1 if args.quick else 5)
     device = setup(args)
-    only = set(filter(None, args.only.split(',')))
     print_header(
         device,
         f'hand-written "+" network vs PromptGuided placement, forward + backward (batch {args.batch}, '
-        f'{args.size}x{args.size} LR, x4, prompt_dim {d}, {reps} interleaved rounds)',
+        f'{args.size}x{args.size} LR, x4, prompt_dim {d}, {args.reps} interleaved rounds)',
     )
     rows = []
     for label, hand_cls, base_type, after, kwargs in configs(args.quick):
-        if only and base_type.lower() not in only:
+        if args.only and base_type.lower() not in args.only:
             continue
         torch.manual_seed(0)
         kw = dict(num_in_ch=3, num_out_ch=3, upscale=4, **kwargs)
@@ -65,7 +62,7 @@ def main():
         with torch.no_grad():
             diff = (placed(x, prompt) - hand(x, prompt)).abs().max().item()
         res = time_interleaved(
-            {'hand': fwd_bwd(hand, (x, prompt)), 'placed': fwd_bwd(placed, (x, prompt))}, device, reps=reps
+            {'hand': fwd_bwd(hand, (x, prompt)), 'placed': fwd_bwd(placed, (x, prompt))}, device, reps=args.reps
         )
         (th, sh), (tp, sp) = res['hand'], res['placed']
         rows.append(

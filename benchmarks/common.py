@@ -25,20 +25,30 @@ import torch  # noqa: E402
 import pdnsr  # noqa: E402,F401  (before basicsr: applies the compat patches and registers the archs)
 
 
-def make_parser(description):
-    """ArgumentParser with the options every benchmark takes: --device, --quick, --threads, --reps."""
+def make_parser(description, reps=None, only=None):
+    """ArgumentParser with the options every benchmark takes: --device, --quick, --threads, --reps (``reps``: its
+    default, 1 with --quick; :func:`setup` fills it in) and, given the names ``only``, --only (a set of them)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument(
         '--quick', action='store_true', help='tiny sizes and one repetition: a smoke run, not a measurement'
     )
     parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads on CPU (default 2)')
-    parser.add_argument('--reps', type=int, default=None, help='timed repetitions per candidate (median reported)')
+    parser.add_argument(
+        '--reps', type=int, default=None, help=f'timed repetitions per candidate (median reported; default {reps})'
+    )
+    parser.set_defaults(default_reps=reps)
+    if only:
+        names = ','.join(only)
+        parser.add_argument('--only', type=lambda text: set(filter(None, text.split(','))), default=set(),
+                            help=f'comma-separated subset of {names}')  # fmt: skip
     return parser
 
 
 def setup(args):
-    """Apply --threads, check --device; returns the torch.device."""
+    """Apply --threads, check --device, fill in --reps; returns the torch.device."""
+    if args.reps is None and args.default_reps is not None:
+        args.reps = 1 if args.quick else args.default_reps
     torch.set_num_threads(args.threads)
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda: no CUDA device is available here; use --device cpu')
