@@ -14,6 +14,7 @@ import yaml
 
 from pdnsr.archs.dcm_arch import type_takes_prompt
 from pdnsr.archs.network_options import network_parameters
+from pdnsr.archs.plus_util import DCM_OPTIONS
 
 
 def psnr_ssim_metrics(scale):
@@ -63,8 +64,12 @@ def network(net_type, scale, prompt_dim=512, dcm=None, **args):
     opt = dict(type=net_type, **channels, **args, **{factor: scale})
     if type_takes_prompt(net_type):
         opt['prompt_dim'] = prompt_dim
-        if dcm:
-            opt['dcm'] = dict(dcm)
+        dcm = dict(dcm or {})
+        if dcm.get('use_dynamic', True):
+            # The router is written out: its default changed once ('paper' -> 'scaled'), and a run named after a
+            # hash of its option dict must not be mistaken for one trained with the other router.
+            dcm.setdefault('router', DCM_OPTIONS['router'])
+        opt['dcm'] = dcm
     return opt
 
 
