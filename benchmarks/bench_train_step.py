@@ -16,17 +16,7 @@ judged on: compiled ÷ eager ≤ 1.0 after warm-up; on CUDA bf16 + channels_last
 import tempfile
 import time
 
-from common import (
-    make_parser,
-    min_ratio,
-    paired_ratio,
-    print_header,
-    print_table,
-    setup,
-    spread,
-    time_interleaved,
-    verdict,
-)
+import common
 
 # isort: split
 import torch
@@ -62,14 +52,14 @@ def model(net, data, device, batch, speed):
 
 
 def main():
-    parser = make_parser(__doc__.splitlines()[0])
+    parser = common.make_parser(__doc__.splitlines()[0])
     parser.add_argument('--networks', nargs='+', choices=sorted(NETWORKS), default=['edsr', 'rcan'])
     parser.add_argument('--batch', type=int, default=None, help='default 16 on CUDA, 4 on the CPU')
     parser.add_argument('--lr-size', type=int, default=48, help='LR patch side (default 48, the paper recipe)')
     parser.add_argument('--configs', nargs='+', choices=[c[0] for c in CONFIGS.values()], default=None,
                         help='the steps to time (default all; fp32, the baseline, is always timed)')  # fmt: skip
     args = parser.parse_args()
-    device = setup(args)
+    device = common.setup(args)
     batch = args.batch or (16 if device.type == 'cuda' else 4)
     size, reps, warmup = (args.lr_size, args.reps or 5, 3) if not args.quick else (16, 1, 1)
     chosen = set(args.configs or [c[0] for c in CONFIGS.values()]) | {'fp32'}
@@ -79,7 +69,7 @@ def main():
         configs.pop('compiled, bf16 + channels_last', None)  # compiling takes a minute or two on a CPU
         for name in NETWORKS:
             NETWORKS[name] = (NETWORKS[name][0], dict(num_feat=16, num_block=1), dict(num_feat=16, num_block=1))
-    print_header(device, f'PDNModel training step, x2, batch {batch}, {size}x{size} LR patches')
+    common.print_header(device, f'PDNModel training step, x2, batch {batch}, {size}x{size} LR patches')
     with tempfile.TemporaryDirectory() as root:
         data = sample_dataset(root, PromptEncoder('ViT-B-32', pretrained='none'), count=2)
         gen = torch.Generator().manual_seed(0)
@@ -100,13 +90,23 @@ def main():
                 torch.cuda.synchronize() if device.type == 'cuda' else None
                 warm[label] = time.perf_counter() - t0
                 fns[label] = lambda m=m: m.optimize_parameters(warmup + 1)
-            times = timed[NETWORKS[net][0]] = time_interleaved(fns, device, reps=reps, warmup=0)
+            times = timed[NETWORKS[net][0]] = common.time_interleaved(fns, device, reps=reps, warmup=0)
             base, base_samples = times['eager float32']
             for label, (median, samples) in times.items():
-                rows.append([NETWORKS[net][0], label, f'{median * 1e3:.1f}', spread(samples), f'{median / base:.2f}',
-                             f'{paired_ratio(samples, base_samples):.2f}', f'{min_ratio(samples, base_samples):.2f}',
-                             f'{warm[label]:.1f}'])  # fmt: skip
-    print_table(['network', 'training step', 'median ms', 'min–max ms', '÷ eager float32 (median ÷ median)',
+                per_round, least = common.paired_ratio(samples, base_samples), common.min_ratio(samples, base_samples)
+                rows.append(
+                    [
+                        NETWORKS[net][0],
+                        label,
+                        f'{median * 1e3:.1f}',
+                        common.spread(samples),
+                        f'{median / base:.2f}',
+                        f'{per_round:.2f}',
+                        f'{least:.2f}',
+                        f'{warm[label]:.1f}',
+                    ]
+                )
+    common.print_table(['network', 'training step', 'median ms', 'min–max ms', '÷ eager float32 (median ÷ median)',
                  '÷ eager float32 (per-round)', 'min ÷ min', f'first {warmup} steps (s)'], rows)  # fmt: skip
     # Verdicts on the per-round ratio; the compiled bf16 + channels_last step is also set against its eager twin.
     checks = (
@@ -117,8 +117,12 @@ def main():
     for net, times in timed.items():
         for label, against, target in checks:
             if label in times and against in times:
-                ratio = paired_ratio(times[label][1], times[against][1])
-                check = verdict(ratio, target, quick=args.quick) if target else 'no target on the CPU (≤ 0.6 on CUDA)'
+                ratio = common.paired_ratio(times[label][1], times[against][1])
+                check = (
+                    common.verdict(ratio, target, quick=args.quick)
+                    if target
+                    else 'no target on the CPU (≤ 0.6 on CUDA)'
+                )
                 print(f'{net}: {label} ÷ {against} = {ratio:.2f} (per-round median): {check}')
 
 
