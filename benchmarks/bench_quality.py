@@ -39,6 +39,7 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 
 from pdnsr import options as opts
+from pdnsr import provenance
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.experiments.runs import hashed_name, run_pipeline, weights_path
 
@@ -310,7 +311,7 @@ def main():
         96 if args.quick else args.crop,
     )
     encoder = PromptEncoder('ViT-B-32', pretrained=None if random_clip else args.clip_pretrained)
-    clip_tag = 'random' if random_clip else os.path.basename(args.clip_pretrained)
+    clip_tag = provenance.weights_tag(args.clip_pretrained)
     bench = {}
     for name, folder in bench_sets.items():
         bdir = os.path.join(workdir, f'{name}_{tag}')

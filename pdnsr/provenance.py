@@ -54,6 +54,18 @@ def weights_id(pretrained, seed=0, sha256=None):
     return str(pretrained)
 
 
+def weights_tag(pretrained):
+    """A short, file-name-safe name of CLIP weights for naming prompt stores: ``random`` for none, the tag itself
+    (``openai``), or a weights file's name with the first 8 hex digits of its SHA-256 (a file rewritten in place, or
+    another file of the same name, gets another tag)."""
+    identity = weights_id(pretrained)
+    if identity.startswith('random-seed-'):
+        return 'random'
+    if identity.startswith('sha256:'):
+        return f'{os.path.splitext(os.path.basename(pretrained))[0]}_{identity[len("sha256:") :][:8]}'
+    return identity.replace(os.sep, '_')
+
+
 def encoder_record(meta):
     """The embedding space of a prompt store, from its metadata (or :meth:`PromptEncoder.metadata` plus kind/view).
 

@@ -117,7 +117,7 @@ def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrain
     """
     random_clip = clip_pretrained in RANDOM_TAGS
     encoder = PromptEncoder(clip_model, None if random_clip else clip_pretrained, 'cpu', seed=seed)
-    clip_tag = 'random' if random_clip else os.path.basename(clip_pretrained)
+    clip_tag = provenance.weights_tag(clip_pretrained)
 
     def store(folder, kind, given, wrong_from=None):
         path = os.path.join(folder, f'{kind}_{clip_tag}.lmdb')
