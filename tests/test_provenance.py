@@ -138,7 +138,8 @@ def test_convert_keeps_the_record_with_the_compact_bank(saved, tmp_path, capsys)
     ckpt = torch.load(out, weights_only=True)
     assert dcm_layout_of(ckpt['params']) == {'bank': 'compact', 'router': 'scaled'}
     assert ckpt['pdnsr']['dcm'] == {'bank': 'compact', 'router': 'scaled'}
-    assert ckpt['pdnsr']['network_g'] == {**before['network_g'], 'dcm': {'bank': 'compact'}}
+    dcm = {**before['network_g'].get('dcm', {}), 'bank': 'compact'}
+    assert ckpt['pdnsr']['network_g'] == {**before['network_g'], 'dcm': dcm}
     assert ckpt['pdnsr']['prompt_encoder'] == before['prompt_encoder'] == SEED0
 
     # A record without network_g (hand-made, or of an older pdnsr) is kept as it is, with the new bank.
