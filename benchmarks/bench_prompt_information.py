@@ -136,14 +136,14 @@ def evaluate_all(runs, data, scale, workdir, jobs):
     test_hash = hashlib.sha1(json.dumps(sorted(data['tests'].items())).encode()).hexdigest()[:8]
     cache = {run: Path(workdir, f'eval_{opt["name"]}_{test_hash}.json') for run, (opt, *_) in runs.items()}
     todo = [run for run in runs if not cache[run].exists()]
-    jobs_ = []
+    work = []
     for run in todo:
         opt, weights, prompted, patch = runs[run]
         path = write_options(opt, os.path.join(workdir, f'{opt["name"]}_eval.yml'))
-        jobs_.append((patch, (path, weights, data['tests'], scale, prompted)))
+        work.append((patch, (path, weights, data['tests'], scale, prompted)))
     t1 = time.time()
     with ProcessPoolExecutor(max_workers=jobs, max_tasks_per_child=1) as pool:  # a fresh process per evaluation
-        for run, result in zip(todo, pool.map(_evaluate, jobs_)):
+        for run, result in zip(todo, pool.map(_evaluate, work)):
             cache[run].with_suffix('.tmp').write_text(json.dumps(result), encoding='utf-8')
             cache[run].with_suffix('.tmp').replace(cache[run])  # a cache file that exists is complete
     print(f'  evaluated {len(todo)} runs in {time.time() - t1:.0f} s ({len(runs) - len(todo)} reused)\n', flush=True)
