@@ -2,14 +2,16 @@
 
 ``sys.exit(run_main(main_body, 'pdnsr-infer'))``: a user error (:data:`USER_ERRORS`: bad option, path, weights,
 prompt store, registry name...) becomes one line ``prog: error: message`` on stderr and exit status 2, the status
-argparse uses for usage errors (whose own ``SystemExit`` is passed through as a status); Ctrl-C is 130; anything
-else is a bug and keeps its traceback. ``PDNSR_DEBUG=1`` re-raises user errors too.
+argparse uses for usage errors (whose own ``SystemExit`` is passed through as a status); a failed training run
+(:class:`~pdnsr.experiments.runs.RunFailed`) is exit status 1 with its log's tail; Ctrl-C is 130; anything else is a
+bug and keeps its traceback. ``PDNSR_DEBUG=1`` re-raises user errors too.
 """
 
 import os
 import sys
 
 from pdnsr.errors import USER_ERRORS, UserError, one_line
+from pdnsr.experiments.runs import RunFailed
 
 
 def run_main(fn, prog):
@@ -21,7 +23,7 @@ def run_main(fn, prog):
         prog (str): the command name that starts the error line.
 
     Returns:
-        int: ``fn``'s status; 2 for a user error; 130 for Ctrl-C.
+        int: ``fn``'s status; 2 for a user error; 1 for a failed run; 130 for Ctrl-C.
     """
     try:
         status = fn()
@@ -29,6 +31,9 @@ def run_main(fn, prog):
         if err.code is None or isinstance(err.code, int):
             return err.code or 0
         print(err.code, file=sys.stderr)  # sys.exit('message'): what the interpreter would do
+        return 1
+    except RunFailed as err:  # its message ends with the run's log tail: printed as lines, not folded into one
+        print(f'{prog}: {err}', file=sys.stderr)
         return 1
     except USER_ERRORS as err:
         if os.environ.get('PDNSR_DEBUG'):

@@ -4,12 +4,9 @@
     python scripts/demo.py --quick              # a smoke run of a few tens of iterations (the test suite's)
     python scripts/demo.py --clip-pretrained /path/to/open_clip_model.bin   # real CLIP weights
 
-The small preset of :mod:`pdnsr.experiments.prompt_information`: the colour photos bundled with scikit-image
-(:func:`pdnsr.utils.sample_data.sample_photos`) cut into tiles, each tile's LR made with one of two blurs (Gaussian
-sigma 0.4 or 2.0 before MATLAB bicubic x2) and captioned "a sharp photo" or "a blurry photo". The caption carries
-what the LR image hides -- how much to sharpen -- so EDSR+ can learn to read it, while EDSR has to guess. One photo
-(``chelsea``, the cat) is held back and super-resolved under each blur with the right and the wrong caption. See
-docs/demo.md. Nothing is downloaded: CLIP runs with random weights unless ``--clip-pretrained`` names real ones.
+The small preset of :mod:`pdnsr.experiments.prompt_information` (which says what the captions carry), on the colour
+photos bundled with scikit-image cut into tiles; one photo (``chelsea``, the cat) is held back and super-resolved
+under each blur with the right and the wrong caption. See docs/demo.md.
 """
 
 import argparse
@@ -17,7 +14,6 @@ import os
 import re
 import shutil
 import sys
-import threading
 import time
 from dataclasses import replace
 
@@ -30,9 +26,10 @@ from pdnsr.data.captioned_degradations import get_degradations
 from pdnsr.data.image_files import write_image
 from pdnsr.errors import UserError
 from pdnsr.experiments import prompt_information as pi
-from pdnsr.experiments.runs import RunFailed, train_all
+from pdnsr.experiments.runs import train_all
 from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS
+from pdnsr.utils.files import write_text
 from pdnsr.utils.sample_data import sample_photos
 from pdnsr.utils.visualization import labelled_grid, overlay_heatmap
 
@@ -124,19 +121,20 @@ def comparison_picture(images, scores, window):
     return labelled_grid([[panel(d.name, *m) for m in (*METHODS, ('hr', 'HR'))] for d in DEGRADATIONS])
 
 
-def attention_picture(images, masks, out):
+def attention_picture(images, out):
     """``attention.png``: a row per blur, the masks of the first and the last DCM under the right and the wrong
     caption over the SR image; each panel is also written on its own. Returns the picture and a line per blur and
     DCM comparing the two captions' masks."""
     rows, lines = [], []
     for deg in DEGRADATIONS:
         rows.append([])
-        for i in (min(masks[deg.name]['right']), max(masks[deg.name]['right'])):
+        masks = images[deg.name]['masks']
+        for i in (min(masks['right']), max(masks['right'])):
             for which in ('right', 'swapped'):
-                overlay = overlay_heatmap(images[deg.name][which], masks[deg.name][which][i][0, 0])
+                overlay = overlay_heatmap(images[deg.name][which], masks[which][i][0, 0])
                 write_image(os.path.join(out, f'attention_{deg.name}_dcm{i}_{FILE_TAG[which]}.png'), overlay)
                 rows[-1].append((f'{deg.name} input, DCM {i}, {FILE_TAG[which]} caption', overlay))
-            a, b = masks[deg.name]['right'][i], masks[deg.name]['swapped'][i]
+            a, b = masks['right'][i], masks['swapped'][i]
             lines.append(
                 f'      {deg.name} input, DCM {i}: mean mask {a.mean():.3f} (right) / {b.mean():.3f} (wrong), '
                 f'mean |difference| {(a - b).abs().mean():.3f}'
@@ -191,28 +189,27 @@ def run(args):
     os.makedirs(os.path.join(out, 'options'), exist_ok=True)
     run_opts = {kind: pi.run_options(recipe, kind, args.seed, data['train'], data['prompt_dim']) for kind in LABELS}
     paths = {k: write_options(o, os.path.join(out, 'options', f'train_demo_{k}.yml')) for k, o in run_opts.items()}
-    lock, t_train, names = threading.Lock(), time.time(), {o['name']: LABELS[k] for k, o in run_opts.items()}
+    names, t_train = {o['name']: LABELS[k] for k, o in run_opts.items()}, time.time()
 
-    def show(name, line):
+    def show(name, line):  # one write per line: the two runs report from two threads
         summary = _summarise(line, recipe.iters)
         if summary:
-            with lock:
-                print(f'    {names[name]:<5}  {summary}')
+            sys.stdout.write(f'    {names[name]:<5}  {summary}\n')
 
     def done(name, seconds):
-        print(f'    {names[name]:<5}  done in {seconds:.0f} s')
+        sys.stdout.write(f'    {names[name]:<5}  done in {seconds:.0f} s\n')
 
     weights = train_all(list(run_opts.values()), out, jobs=2, on_line=show, on_done=done)
     t_train = time.time() - t_train
 
     print(f'[3/5] super-resolving the held-out photo {HOLDOUT!r} x{SCALE} under each blur')
-    images, masks, scores = {}, {}, {}
-    for kind, opt in run_opts.items():
+    images, scores = {d.name: {} for d in DEGRADATIONS}, {}
+    for kind, opt in run_opts.items():  # EDSR+ last: its attention masks are the ones kept
         res = pi.evaluate(paths[kind], weights[opt['name']], data['tests'], SCALE, kind == 'plus', keep_images=True)
         for deg in DEGRADATIONS:
-            images.setdefault(deg.name, {}).update(res['images'][HOLDOUT][deg.name])
+            images[deg.name].update(res['images'][HOLDOUT][deg.name])
     for deg in DEGRADATIONS:
-        imgs, masks[deg.name] = images[deg.name], images[deg.name]['masks']
+        imgs = images[deg.name]
         imgs['bicubic'] = bicubic_up(cv2.imread(os.path.join(data['tests'][HOLDOUT, deg.name][1], f'{HOLDOUT}.png')))
         scores[deg.name] = {k: pi.score(imgs[k], imgs['hr'], SCALE) for k, _ in METHODS}
         for key, tag in FILE_TAG.items():
@@ -223,7 +220,7 @@ def run(args):
     size = min(CROP, *hr.shape[:2])
     top, left = worst_window(bicubic, hr, size)  # one window for every row
     write_image(os.path.join(out, 'comparison.png'), comparison_picture(images, scores, (top, left, size)))
-    attention, lines = attention_picture(images, masks, out)
+    attention, lines = attention_picture(images, out)
     write_image(os.path.join(out, 'attention.png'), attention)
     print(f'    comparison crop at (top {top}, left {left}), {size} px; attention masks, right / wrong caption:')
     print('\n'.join(lines))
@@ -238,9 +235,7 @@ def run(args):
     )
     table = markdown_table(scores, caption)
     print(table)
-    with open(os.path.join(out, 'results.md.tmp'), 'w', encoding='utf-8') as f:
-        f.write(table + '\n')
-    os.replace(os.path.join(out, 'results.md.tmp'), os.path.join(out, 'results.md'))
+    write_text(os.path.join(out, 'results.md'), table + '\n')
     print(
         f'\nOutputs in {args.output}/: comparison.png, attention.png (+ one file per blur, DCM and caption), '
         f'results.md, SR images, option files, experiments/. Training {t_train:.0f} s, total '
@@ -255,13 +250,4 @@ def main(argv=None, prog=None):
     0: done; 1: a training run failed (its log's tail is printed); 2: a user error, one line on stderr.
     """
     prog = prog or 'pdnsr-demo'
-
-    def body():
-        args = build_parser(prog).parse_args(argv)
-        try:
-            return run(args)
-        except RunFailed as err:
-            print(f'{prog}: {err}', file=sys.stderr)
-            return 1
-
-    return run_main(body, prog)
+    return run_main(lambda: run(build_parser(prog).parse_args(argv)), prog)

@@ -7,7 +7,6 @@ takes ``prompt_dim``, see :func:`pdnsr.archs.type_takes_prompt`) gets ``PromptPa
 baseline and its "+" twin share one recipe.
 """
 
-import os
 import re
 
 import yaml
@@ -15,6 +14,7 @@ import yaml
 from pdnsr.archs.dcm_arch import type_takes_prompt
 from pdnsr.archs.network_options import network_parameters
 from pdnsr.archs.plus_util import DCM_OPTIONS
+from pdnsr.utils.files import write_text
 
 
 def psnr_ssim_metrics(scale):
@@ -204,9 +204,4 @@ def to_yaml(opt, comments=None):
 def write_options(opt, path, comments=None):
     """Dump ``opt`` as YAML (:func:`to_yaml`) to ``path`` atomically (a temporary name, then rename); returns
     ``path``."""
-    text = to_yaml(opt, comments)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, to_yaml(opt, comments))

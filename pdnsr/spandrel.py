@@ -33,7 +33,8 @@ from torch import nn
 
 from pdnsr.archs.plus_util import input_multiple
 from pdnsr.errors import UserError
-from pdnsr.export import require, written_atomically
+from pdnsr.export import require
+from pdnsr.utils.files import written_atomically
 
 spandrel = require('spandrel', 'pdnsr.spandrel')
 safetensors_torch = require('safetensors.torch', 'pdnsr.spandrel')

@@ -41,6 +41,7 @@ from basicsr.metrics import calculate_psnr  # noqa: E402
 from pdnsr import options as opts  # noqa: E402
 from pdnsr.experiments.runs import run_pipeline, train_all, weights_path  # noqa: E402
 from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
+from pdnsr.utils.files import write_text  # noqa: E402
 from pdnsr.utils.sample_data import sample_dataset  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,9 +252,7 @@ def main(argv=None):
     report.append(
         f'\n**{"FAILED: " + ", ".join(failed) if failed else "all steps passed"}** in {time.time() - start:.0f} s.\n'
     )
-    with open(f'{args.report}.tmp', 'w', encoding='utf-8') as f:
-        f.write('\n'.join(report))
-    os.replace(f'{args.report}.tmp', args.report)
+    write_text(args.report, '\n'.join(report))
     print('\n'.join(report))
     return 1 if failed else 0
 

@@ -19,6 +19,7 @@ OPTIONS_DIR = os.path.join(ROOT, 'options')
 sys.path.insert(0, ROOT)  # run from a checkout that was not pip-installed
 
 from pdnsr import options as opts  # noqa: E402  (importing pdnsr registers the networks the builders look up)
+from pdnsr.utils.files import write_text  # noqa: E402
 
 # Sub-images of COCO train2017 written by scripts/data_preparation/prepare_coco.py with its defaults. The log of
 # that script prints the real count: put it here and re-run this script if yours differs.
@@ -284,10 +285,7 @@ def main(argv=None):
             continue
         stale.append(path)
         if not args.check:
-            tmp = f'{path}.tmp{os.getpid()}'
-            with open(tmp, 'w', encoding='utf-8') as f:
-                f.write(text)
-            os.replace(tmp, path)
+            write_text(path, text)
     if args.check and stale:
         print('out of date (run python scripts/make_option_files.py):\n  ' + '\n  '.join(stale), file=sys.stderr)
         return 1

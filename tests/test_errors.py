@@ -34,3 +34,25 @@ def test_run_main_prints_one_line_and_returns_2(capsys):
         capsys.readouterr().err == 'pdnsr-infer: error: --tile must be positive (PDNSR_DEBUG=1 shows the traceback)\n'
     )
     assert one_line(KeyError('key x is missing')) == 'key x is missing'
+
+
+def test_a_failed_run_is_exit_1_with_its_log_tail_as_lines(tmp_path, capsys):
+    from pdnsr.experiments.runs import run_pipeline
+
+    script = tmp_path / 'fails.py'
+    script.write_text("print('loading data')\nprint('ValueError: no images in /data/hr')\nraise SystemExit(3)\n")
+    result = run_pipeline({'name': 'broken'}, str(tmp_path), script=str(script))
+    assert run_main(lambda: result.check('training broken'), 'pdnsr-demo') == 1
+    err = capsys.readouterr().err
+    assert err.startswith('pdnsr-demo: training broken failed (exit status 3, log ')
+    assert err.endswith('last lines:\nloading data\nValueError: no images in /data/hr\n')
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from pdnsr.utils.files import write_text
+
+    path = tmp_path / 'results.md'
+    assert write_text(path, 'old\n') == path and path.read_text() == 'old\n'
+    with pytest.raises(TypeError):
+        write_text(path, None)  # fails inside the write
+    assert path.read_text() == 'old\n' and sorted(p.name for p in tmp_path.iterdir()) == ['results.md']

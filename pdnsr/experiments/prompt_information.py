@@ -217,27 +217,22 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
         sets = [dict(opts.dataset('test', hr, lr, store, prompted=True), phase='val', scale=scale) for store in stores]
         right, wrong = map(PromptPairedImageDataset, sets)
         cell = out['scores'].setdefault(set_name, {}).setdefault(deg_name, {})
-        diag = out['diag'].setdefault(deg_name, {'mask': {}, 'saturated': {}, 'right_vs_swapped': [], 'n': 0})
+        diag = out['diag'].setdefault(deg_name, {'mask': {}, 'saturated': {}, 'right_vs_swapped': []})
         for i in range(len(right)):
-            item, gt = right[i], tensor2img(right[i]['gt'])
             # An odd LR size for RRDBNet at x2 is reflection-padded and cropped back by super_resolve (input_multiple).
-            lq = item['lq'][None]
-            modes = {'baseline': None}
+            item, gt, modes = right[i], tensor2img(right[i]['gt']), {'baseline': None}
             if prompted:
                 modes = {'right': item['prompt'][None], 'swapped': wrong[i]['prompt'][None], 'zero': None}
                 with torch.no_grad():
                     diag['pi'] = {m: [d.kernel_weights(modes[m])[0].tolist() for d in dcms] for m in PLUS_MODES[:2]}
-            masks = {}
+            srs, masks = {}, {}
             for mode, prompt in modes.items():
-                sr, masks[mode] = super_resolve(net, lq, prompt, keep_attention=True, scale=scale)
-                sr = tensor2img(sr)
-                cell.setdefault(mode, []).append(score(sr, gt, scale))
-                if keep_images:
-                    kept = out.setdefault('images', {}).setdefault(set_name, {}).setdefault(deg_name, {'masks': {}})
-                    kept.update({mode: sr, 'hr': gt})
-                    kept['masks'][mode] = masks[mode]
+                sr, masks[mode] = super_resolve(net, item['lq'][None], prompt, keep_attention=True, scale=scale)
+                srs[mode] = tensor2img(sr)
+                cell.setdefault(mode, []).append(score(srs[mode], gt, scale))
+            if keep_images:  # the last image's are the ones left
+                out.setdefault('images', {}).setdefault(set_name, {})[deg_name] = dict(srs, hr=gt, masks=masks)
             if prompted and masks['right']:  # DCMs built without attention have no mask
-                diag['n'] += 1
                 for key, stat in MASK_STATS.items():
                     for mode, m in masks.items():
                         diag[key].setdefault(mode, []).append([float(stat(m[j])) for j in sorted(m)])
@@ -246,7 +241,8 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
     for diag in out['diag'].values():  # per-image lists -> means per DCM
         for key in MASK_STATS:
             diag[key] = {mode: np.mean(v, axis=0).tolist() for mode, v in diag[key].items()}
-        diag['right_vs_swapped'] = np.mean(diag['right_vs_swapped'], axis=0).tolist() if diag['n'] else []
+        diffs = diag['right_vs_swapped']
+        diag['right_vs_swapped'] = np.mean(diffs, axis=0).tolist() if diffs else []
     out['temperature'] = sorted({float(d.temperature) for d in dcms})
     out['zeta'] = [float(d.zeta.detach()) for d in dcms if hasattr(d, 'zeta')]
     return out

@@ -10,9 +10,7 @@ The packages these need are the ``deploy`` extra (``pip install pdnsr[deploy]``)
 pdnsr without them still imports and runs (:func:`require`).
 """
 
-import contextlib
 import importlib
-import os
 
 from pdnsr.errors import UserError
 
@@ -25,16 +23,3 @@ def require(module, what='this'):
         return importlib.import_module(module)
     except ImportError as err:
         raise UserError(f'{what} needs the {module} package, which is not installed: {EXTRA}') from err
-
-
-@contextlib.contextmanager
-def written_atomically(path):
-    """Yield a temporary name beside ``path`` to write to; it becomes ``path`` when the block succeeds and is removed
-    when it fails, so a failed export leaves nothing behind (``os.replace`` is atomic within one file system)."""
-    tmp = f'{os.fspath(path)}.tmp{os.getpid()}'
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -30,9 +30,10 @@ from basicsr.archs.swinir_arch import SwinIR
 import pdnsr
 from pdnsr.archs.dcm_arch import takes_prompt
 from pdnsr.errors import UserError
-from pdnsr.export import require, written_atomically
+from pdnsr.export import require
 from pdnsr.export.standins import ExportModule
 from pdnsr.inference import resolve_device
+from pdnsr.utils.files import written_atomically
 
 META_KEY = 'pdnsr'
 FORMAT = 1

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from pdnsr.utils.files import write_text
+
 
 class CpuFriendlyMixin:
     """basicsr models on a machine without CUDA: ``num_gpu > 0`` is one clear error, and DDP runs over gloo on CPU."""
@@ -84,7 +86,4 @@ def write_metric_table(rows, path):
     metrics = list(next(iter(rows.values())))
     lines = ['| dataset | ' + ' | '.join(metrics) + ' |', '|---' * (len(metrics) + 1) + '|']
     lines += [f'| {name} | ' + ' | '.join(f'{values[m]:.4f}' for m in metrics) + ' |' for name, values in rows.items()]
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write('\n'.join(lines) + '\n')
-    os.replace(tmp, path)
+    write_text(path, '\n'.join(lines) + '\n')

@@ -32,6 +32,7 @@ from pdnsr.data.prompt_store import PromptStore, partial_path
 from pdnsr.errors import UserError
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import PromptEncoder, WeightsUnavailable
+from pdnsr.utils.files import write_text
 
 MANIFEST = 'prepare_info.json'
 
@@ -220,10 +221,7 @@ def prepare_output(out_dir, subdirs, info, overwrite):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
         remove_stale_temps(os.path.join(out_dir, sub))
     if not os.path.exists(manifest):  # an identical manifest is left untouched: reruns change nothing on disk
-        tmp = manifest + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(info, f, indent=1, sort_keys=True)
-        os.replace(tmp, manifest)
+        write_text(manifest, json.dumps(info, indent=1, sort_keys=True))
 
 
 # ---------------------------------------------------------------- image work

@@ -1,0 +1,28 @@
+"""Files that exist only when complete: written under a temporary name beside the target, then renamed.
+
+``os.replace`` is atomic within one file system, so a reader (or a rerun that reuses what it finds) never sees a
+half-written file, and a write that fails leaves nothing behind.
+"""
+
+import contextlib
+import os
+
+
+@contextlib.contextmanager
+def written_atomically(path):
+    """Yield a temporary name beside ``path`` to write to; it becomes ``path`` when the block succeeds and is removed
+    when it fails."""
+    tmp = f'{os.fspath(path)}.tmp{os.getpid()}'
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns ``path``."""
+    with written_atomically(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+        f.write(text)
+    return path
