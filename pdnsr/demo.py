@@ -203,15 +203,16 @@ def run(args):
     t_train = time.time() - t_train
 
     print(f'[3/5] super-resolving the held-out photo {HOLDOUT!r} x{SCALE} under each blur')
-    images, scores = {d.name: {} for d in DEGRADATIONS}, {}
+    images, scores = {d.name: {} for d in DEGRADATIONS}, {d.name: {} for d in DEGRADATIONS}
     for kind, opt in run_opts.items():  # EDSR+ last: its attention masks are the ones kept
         res = pi.evaluate(paths[kind], weights[opt['name']], data['tests'], SCALE, kind == 'plus', keep_images=True)
         for deg in DEGRADATIONS:
             images[deg.name].update(res['images'][HOLDOUT][deg.name])
+            scores[deg.name].update({mode: v[0] for mode, v in res['scores'][HOLDOUT][deg.name].items()})
     for deg in DEGRADATIONS:
         imgs = images[deg.name]
         imgs['bicubic'] = bicubic_up(cv2.imread(os.path.join(data['tests'][HOLDOUT, deg.name][1], f'{HOLDOUT}.png')))
-        scores[deg.name] = {k: pi.score(imgs[k], imgs['hr'], SCALE) for k, _ in METHODS}
+        scores[deg.name]['bicubic'] = pi.score(imgs['bicubic'], imgs['hr'], SCALE)
         for key, tag in FILE_TAG.items():
             write_image(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{tag}.png'), imgs[key])
 
