@@ -21,6 +21,7 @@ import re
 import torch
 
 from pdnsr.archs.dcm_arch import ROUTER_MARKERS, convert_state_dict_to_compact, dcm_modules
+from pdnsr.utils.files import written_atomically
 
 PARAM_KEYS = ('params_ema', 'params')
 
@@ -192,14 +193,8 @@ def fit_state_dict(net, state, path, used='params'):
 
 def save_checkpoint(obj, path):
     """``torch.save(obj, path)`` through a temporary file in the same folder, renamed into place."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path) or '.', f'.tmp-{os.path.basename(path)}.{os.getpid()}')
-    try:
+    with written_atomically(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -14,11 +14,10 @@ import numpy as np
 from PIL import Image
 
 from pdnsr.errors import UserError
+from pdnsr.utils.files import written_atomically
 
 # Matched case-insensitively: `photo.JPG` is an image too.
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-# Temporary files start with a dot, so listings skip them and an interrupted write leaves nothing under a final name.
-TMP_PREFIX = '.tmp-'
 
 
 def image_key(path):
@@ -202,16 +201,8 @@ def write_image(path, img, params=None):
     opened like any other file, so the result gets the permissions the user's umask gives.
     """
     path = os.fspath(path)
-    folder, name = os.path.split(path)
-    ok, data = cv2.imencode(os.path.splitext(name)[1], img, params or [])
+    ok, data = cv2.imencode(os.path.splitext(path)[1], img, params or [])
     if not ok:
         raise ValueError(f'cannot encode {path} (unsupported suffix or image)')
-    tmp = os.path.join(folder, f'{TMP_PREFIX}{name}.{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with written_atomically(path) as tmp, open(tmp, 'wb') as f:
+        f.write(data.tobytes())

@@ -1,18 +1,22 @@
 """Files that exist only when complete: written under a temporary name beside the target, then renamed.
 
 ``os.replace`` is atomic within one file system, so a reader (or a rerun that reuses what it finds) never sees a
-half-written file, and a write that fails leaves nothing behind.
+half-written file, and a write that fails leaves nothing behind. The temporary name starts with :data:`TMP_PREFIX`:
+a dot, so folder listings skip it, and a prefix by which an interrupted run's leftovers are found and removed.
 """
 
 import contextlib
 import os
 
+TMP_PREFIX = '.tmp-'
+
 
 @contextlib.contextmanager
 def written_atomically(path):
-    """Yield a temporary name beside ``path`` to write to; it becomes ``path`` when the block succeeds and is removed
-    when it fails."""
-    tmp = f'{os.fspath(path)}.tmp{os.getpid()}'
+    """Yield a temporary name beside ``path`` (``<folder>/.tmp-<name>.<pid>``) to write to; it becomes ``path`` when
+    the block succeeds and is removed when it fails or is interrupted."""
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f'{TMP_PREFIX}{name}.{os.getpid()}')
     try:
         yield tmp
         os.replace(tmp, path)

@@ -27,12 +27,12 @@ import cv2
 from tqdm import tqdm
 
 from pdnsr.cli import add_clip_arguments
-from pdnsr.data.image_files import IMAGE_SUFFIXES, TMP_PREFIX, UnreadableImage, image_key, read_bgr, scan_images
+from pdnsr.data.image_files import IMAGE_SUFFIXES, UnreadableImage, image_key, read_bgr, scan_images
 from pdnsr.data.prompt_store import PromptStore, partial_path
 from pdnsr.errors import UserError
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import PromptEncoder, WeightsUnavailable
-from pdnsr.utils.files import write_text
+from pdnsr.utils.files import TMP_PREFIX, write_text
 
 MANIFEST = 'prepare_info.json'
 
