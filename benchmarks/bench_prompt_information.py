@@ -9,8 +9,8 @@ it needs). ``--variants`` adds the ablation of the DCM's two halves, ``router-on
     .venv/bin/python benchmarks/bench_prompt_information.py --variants full router-only attention-only \\
         --routers scaled paper
 
-Data, runs and evaluations stay in ``--workdir`` and are reused when identical (a run is named after a hash of its
-whole option dict, an evaluation after the run and the test data).
+Data, runs and evaluations stay in ``--workdir`` and are reused when identical (data is named after a hash of its
+source folders and recipe, a run after its whole option dict, an evaluation after the run and the test data).
 """
 
 import hashlib
@@ -34,7 +34,7 @@ from pdnsr.archs.dcm_arch import ROUTERS
 from pdnsr.cli import add_clip_arguments
 from pdnsr.data.captioned_degradations import get_degradations
 from pdnsr.experiments import prompt_information as pi
-from pdnsr.experiments.runs import train_all
+from pdnsr.experiments.runs import hashed_name, train_all
 from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS
 from pdnsr.utils.files import write_text
@@ -44,6 +44,7 @@ TRAIN_SETS, TEST_SETS = ('BSD68', 'SunHays80'), ('Set5', 'Set14')
 VARIANTS = {'full': {}, 'router-only': {'use_attention': False}, 'attention-only': {'use_dynamic': False}}
 TARGETS = (1.0, 3.0)  # right − baseline, right − swapped (dB, all test images, every seed)
 PI_TARGET = 0.2  # pi spread, every seed, where the router is to carry the caption (issue 15)
+DATA_FIELDS = ('degradations', 'scale', 'tile', 'centre_crop')  # of pi.Recipe, what pi.prepare reads
 RECIPE_ARGS = ('iters', 'num_block', 'num_feat', 'batch', 'gt_size', 'lr', 'warmup', 'temperature_every', 'tile')
 
 
@@ -108,9 +109,9 @@ def load_data(args, base):
         return {os.path.splitext(os.path.basename(p))[0]: cv2.imread(p) for p in images_in(folder)[: args.limit]}
 
     train_images = {f'{prefix}_{k}': v for prefix, folder in sources.items() for k, v in read(folder).items()}
-    data_dir = os.path.join(
-        workdir, f'data_{args.degradations}_x{base.scale}_c{base.tile}' + ('_quick' if args.quick else '')
-    )
+    # Named after everything that decides the data: another source folder or data recipe never reuses it.
+    key = dict(sources=sources, sets=sets, limit=args.limit, recipe={f: getattr(base, f) for f in DATA_FIELDS})
+    data_dir = os.path.join(workdir, hashed_name('data', key))
     test_images = {n: read(f) for n, f in sets.items()}
     data = pi.prepare(base, train_images, test_images, data_dir, args.clip_model, args.clip_pretrained)
     n_train, degradations = len(data['train']['assignment']), get_degradations(args.degradations)

@@ -25,11 +25,10 @@ Pipeline (the real stack):
 """
 
 import os
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import REPO_ROOT, images_in, make_parser, print_header, print_table, setup
+from common import REPO_ROOT, images_in, make_parser, mean_std, print_header, print_table, setup
 
 # isort: split
 import cv2
@@ -197,12 +196,6 @@ def validation_curve(log_path, args):
     return curve
 
 
-def mean_std(values, digits):
-    if len(values) == 1:
-        return f'{values[0]:.{digits}f}'
-    return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
-
-
 def main():
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument(
@@ -287,9 +280,9 @@ def main():
         return
 
     from pdnsr.data.prompt_store import PromptStore
-    from pdnsr.prompts.encoder import PromptEncoder
+    from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 
-    random_clip = args.clip_pretrained.lower() in ('none', '')
+    random_clip = args.clip_pretrained in RANDOM_TAGS
     if random_clip:
         print(
             'WARNING: --clip-pretrained none: prompts come from a CLIP with RANDOM weights. They carry NO '

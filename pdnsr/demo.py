@@ -11,7 +11,6 @@ under each blur with the right and the wrong caption. See docs/demo.md.
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import time
@@ -26,7 +25,7 @@ from pdnsr.data.captioned_degradations import get_degradations
 from pdnsr.data.image_files import write_image
 from pdnsr.errors import UserError
 from pdnsr.experiments import prompt_information as pi
-from pdnsr.experiments.runs import train_all
+from pdnsr.experiments.runs import progress_of, train_all
 from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS
 from pdnsr.utils.files import write_text
@@ -47,8 +46,6 @@ METHODS = (
 )
 FILE_TAG = {'baseline': 'baseline', 'right': 'right', 'swapped': 'wrong'}  # in file names and picture labels
 CROP, ZOOM = 128, 2  # comparison.png: a CROP px window shown ZOOM times larger
-_LOG_LINE = re.compile(r'iter:\s*([\d,]+).*?\[eta: ([^,\]]+)')
-_LOG_VALUE = re.compile(r'(l_pix|temperature): ([-+0-9.e]+)')
 
 
 def build_parser(prog='pdnsr-demo'):
@@ -85,14 +82,12 @@ def banner(random_clip, clip_model, clip_pretrained):
 
 def _summarise(line, total):
     """One short progress line from a basicsr training log line, or None for the other log lines."""
-    match = _LOG_LINE.search(line)
-    if not match:
+    p = progress_of(line)
+    if p is None:
         return None
-    values = dict(_LOG_VALUE.findall(line))
-    text = f'iter {int(match.group(1).replace(",", "")):>5d}/{total}'
-    text += f'  l_pix {float(values["l_pix"]):.4f}' if 'l_pix' in values else ''
-    text += f'  T {float(values["temperature"]):g}' if 'temperature' in values else ''
-    eta = match.group(2).strip()
+    text = f'iter {p["iter"]:>5d}/{total}' + (f'  l_pix {p["l_pix"]:.4f}' if 'l_pix' in p else '')
+    text += f'  T {p["temperature"]:g}' if 'temperature' in p else ''
+    eta = (p['eta'] or '-').strip()
     return text if eta.startswith('-') else f'{text}  eta {eta}'  # basicsr's eta at the end reads "-1 day, ..."
 
 
@@ -121,23 +116,23 @@ def comparison_picture(images, scores, window):
     return labelled_grid([[panel(d.name, *m) for m in (*METHODS, ('hr', 'HR'))] for d in DEGRADATIONS])
 
 
-def attention_picture(images, out):
+def attention_picture(images, diag, out):
     """``attention.png``: a row per blur, the masks of the first and the last DCM under the right and the wrong
     caption over the SR image; each panel is also written on its own. Returns the picture and a line per blur and
-    DCM comparing the two captions' masks."""
+    DCM comparing the two captions' masks (from ``diag``, :func:`pi.evaluate`'s, of the one held-out photo)."""
     rows, lines = [], []
     for deg in DEGRADATIONS:
         rows.append([])
-        masks = images[deg.name]['masks']
+        masks, stats = images[deg.name]['masks'], diag[deg.name]  # every DCM has a mask: index i is DCM i
         for i in (min(masks['right']), max(masks['right'])):
             for which in ('right', 'swapped'):
                 overlay = overlay_heatmap(images[deg.name][which], masks[which][i][0, 0])
                 write_image(os.path.join(out, f'attention_{deg.name}_dcm{i}_{FILE_TAG[which]}.png'), overlay)
                 rows[-1].append((f'{deg.name} input, DCM {i}, {FILE_TAG[which]} caption', overlay))
-            a, b = masks['right'][i], masks['swapped'][i]
+            a, b = (stats['mask'][which][i] for which in ('right', 'swapped'))
             lines.append(
-                f'      {deg.name} input, DCM {i}: mean mask {a.mean():.3f} (right) / {b.mean():.3f} (wrong), '
-                f'mean |difference| {(a - b).abs().mean():.3f}'
+                f'      {deg.name} input, DCM {i}: mean mask {a:.3f} (right) / {b:.3f} (wrong), '
+                f'mean |difference| {stats["right_vs_swapped"][i]:.3f}'
             )
     return labelled_grid(rows), lines
 
@@ -221,7 +216,7 @@ def run(args):
     size = min(CROP, *hr.shape[:2])
     top, left = worst_window(bicubic, hr, size)  # one window for every row
     write_image(os.path.join(out, 'comparison.png'), comparison_picture(images, scores, (top, left, size)))
-    attention, lines = attention_picture(images, out)
+    attention, lines = attention_picture(images, res['diag'], out)
     write_image(os.path.join(out, 'attention.png'), attention)
     print(f'    comparison crop at (top {top}, left {left}), {size} px; attention masks, right / wrong caption:')
     print('\n'.join(lines))

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from basicsr.metrics import calculate_psnr  # noqa: E402
 
 from pdnsr import options as opts  # noqa: E402
-from pdnsr.experiments.runs import run_pipeline, train_all, weights_path  # noqa: E402
+from pdnsr.experiments.runs import progress_of, run_pipeline, train_all, weights_path  # noqa: E402
 from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
 from pdnsr.utils.files import write_text  # noqa: E402
 from pdnsr.utils.sample_data import sample_dataset  # noqa: E402
@@ -58,8 +58,6 @@ SPEEDS = {
 # The pair of the CUDA target: bf16 + channels_last ÷ float32 step time of EDSR+ <= 0.6.
 TIMED = ('EDSRPlus_fp32', 'EDSRPlus_bf16+cl')
 BF16_CL_TARGET = 0.6
-# basicsr's training log line: '2026-01-01 12:00:00,123 INFO: [name][epoch:  0, iter:      50, ...] ... l_pix: 1e-2'
-_LOG = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO: \[.*?iter:\s*([\d,]+).*?l_pix: ([-+0-9.e]+)', re.M)
 
 
 def wanted(net, label, quick):
@@ -92,8 +90,7 @@ def summary(log_path):
     """
     with open(log_path, encoding='utf-8') as f:
         text = f.read()
-    steps = [(time.mktime(time.strptime(t[:19], '%Y-%m-%d %H:%M:%S')) + int(t[20:]) / 1e3, int(i.replace(',', '')),
-              float(loss)) for t, i, loss in _LOG.findall(text)]  # fmt: skip
+    steps = [(p['time'], p['iter'], p['l_pix']) for p in map(progress_of, text.splitlines()) if p and 'l_pix' in p]
     psnr = re.findall(r'# psnr: ([\d.]+)', text)
     step = (steps[-1][0] - steps[0][0]) / (steps[-1][1] - steps[0][1]) if len(steps) > 1 else None
     return (step, steps[-1][2] if steps else None), (float(psnr[-1]) if psnr else None)

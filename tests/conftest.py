@@ -56,14 +56,15 @@ def paired_data(tmp_path_factory, clip_encoder):
     }
 
 
-def load_script(name):
-    """``scripts/<name>.py`` loaded as a module (the scripts import their folder's ``_checkout`` helper)."""
+def load_script(name, folder='scripts'):
+    """``<folder>/<name>.py`` loaded as a module, its folder on ``sys.path`` (the scripts import their folder's
+    ``_checkout`` helper, the benchmarks ``common``)."""
     import importlib.util
     import sys
 
-    if str(REPO_ROOT / 'scripts') not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT / 'scripts'))
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'scripts' / f'{name}.py')
+    if str(REPO_ROOT / folder) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT / folder))
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / folder / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

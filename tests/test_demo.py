@@ -68,7 +68,7 @@ def test_quick_demo_end_to_end(tmp_path):
     # Training tiles carry both blurs, and the prompt store holds the caption naming each tile's blur.
     from pdnsr.data.prompt_store import PromptStore
 
-    store = PromptStore(str(out / 'data' / 'train' / 'prompts_random.lmdb'))
+    store = PromptStore(str(out / 'data' / 'train' / 'prompts_ViT-B-32_random.lmdb'))
     assert store.meta['kind'] == 'text' and len(store) == len(os.listdir(out / 'data' / 'train' / 'HR'))
 
     # One recipe, two networks: only the network and dataset types (and the prompt store and the DCM temperature,

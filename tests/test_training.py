@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO_ROOT, torchrun_weights
 from pdnsr import options as opts
 from pdnsr.archs.dcm_arch import dcm_modules, type_takes_prompt
-from pdnsr.experiments.runs import run_pipeline
+from pdnsr.experiments.runs import progress_of, run_pipeline
 from pdnsr.models.pdn_model import build_in_process as build_model
 
 TINY_NETS = {
@@ -59,8 +59,9 @@ def run_cli(script, opt, root, *args, timeout=240, expect=0, **kwargs):
 
 
 def log_values(log, key):
-    """Values of ``key`` in basicsr's training log lines, in order (e.g. l_pix, temperature)."""
-    return [float(v) for v in re.findall(rf'{key}: ([-+0-9.e]+)', log)]
+    """Values of ``key`` in basicsr's training progress lines, in order (e.g. iter, l_pix, temperature), as
+    :func:`pdnsr.experiments.runs.progress_of` reads them (the demo's progress and the GPU check's timings)."""
+    return [p[key] for p in map(progress_of, log.splitlines()) if p is not None and key in p]
 
 
 @pytest.mark.slow
@@ -69,7 +70,7 @@ def test_train_end_to_end(paired_data, tmp_path, net_type):
     opt = tiny_options(paired_data, f'e2e_{net_type}', net_type, total_iter=40)
     log = run_cli('train.py', opt, tmp_path)
     losses = log_values(log, 'l_pix')
-    assert len(losses) == 8
+    assert log_values(log, 'iter') == list(range(5, 41, 5)) and len(losses) == 8
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, f'loss did not go down: {losses}'
     assert re.search(r'# psnr: \d+\.\d+', log), 'validation PSNR was not logged'
     exp = tmp_path / 'experiments' / opt['name']

@@ -108,7 +108,8 @@ def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrain
         test_sets (dict[str, dict[str, np.ndarray]]): set name -> {key: HR image}.
         data_dir (str): where the data goes.
         clip_model, clip_pretrained (str): the CLIP encoder of the captions (random weights, seeded with ``seed``,
-            for a tag of ``RANDOM_TAGS``); its stores are named after the weights.
+            for a tag of ``RANDOM_TAGS``); its stores are named after the model and the weights, so that another
+            encoder never reuses them (nor, through the store paths in the option dicts, the runs trained on them).
         seed (int): of the degradation assignment and of random CLIP weights.
 
     Returns:
@@ -117,7 +118,7 @@ def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrain
     """
     random_clip = clip_pretrained in RANDOM_TAGS
     encoder = PromptEncoder(clip_model, None if random_clip else clip_pretrained, 'cpu', seed=seed)
-    clip_tag = provenance.weights_tag(clip_pretrained)
+    clip_tag = f'{clip_model}_{provenance.weights_tag(clip_pretrained)}'.replace('/', '_')  # hf-hub:org/name
 
     def store(folder, kind, given, wrong_from=None):
         path = os.path.join(folder, f'{kind}_{clip_tag}.lmdb')

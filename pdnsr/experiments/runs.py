@@ -12,6 +12,7 @@ Small convolutions scale poorly across threads, so on a few cores several single
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -23,6 +24,13 @@ from dataclasses import dataclass
 from pdnsr.errors import UserError
 
 PDNSR_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A progress line of basicsr's training log (MessageLogger), console and log file alike: '2026-01-01 12:00:00,123
+# INFO: [demo_..][epoch:  0, iter:      50, lr:(1.000e-03,)] [eta: 0:01:02, time (data): 0.100 (0.010)] l_pix:
+# 1.2345e-02 temperature: 3.4000e+01'
+_PROGRESS = re.compile(
+    r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO: \[[^\]]*\]\[epoch:.*?iter:\s*([\d,]+), lr:\(.*?\)\] '
+    r'(?:\[eta: ([^,\]]+).*?\] )?(.*)$'
+)
 
 
 class RunFailed(UserError):
@@ -52,6 +60,19 @@ def hashed_name(prefix, opt):
     recipe, network), so that a run kept in a work folder is reused only for the very same recipe."""
     blob = json.dumps({k: v for k, v in opt.items() if k != 'name'}, sort_keys=True, default=str)
     return f'{prefix}_{hashlib.sha1(blob.encode()).hexdigest()[:8]}'
+
+
+def progress_of(line):
+    """The fields of one of basicsr's training progress lines, or None for any other line: ``time`` (seconds since
+    the epoch, from the line's local timestamp), ``iter`` (int), ``eta`` (str, as basicsr prints it, or None) and one
+    float per logged value (``l_pix``, ``temperature``, ...; NaN as ``nan``)."""
+    match = _PROGRESS.match(line)
+    if match is None:
+        return None
+    stamp, ms, it, eta, values = match.groups()
+    seconds = time.mktime(time.strptime(stamp, '%Y-%m-%d %H:%M:%S')) + int(ms) / 1e3
+    fields = {key: float(value) for key, value in re.findall(r'(\w+): (\S+)', values)}
+    return dict(fields, time=seconds, iter=int(it.replace(',', '')), eta=eta)
 
 
 def weights_path(root, name, which='latest'):
