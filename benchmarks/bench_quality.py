@@ -25,8 +25,10 @@ Pipeline (the real stack):
 """
 
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from common import REPO_ROOT, images_in, make_parser, mean_std, print_header, print_table, setup
 
@@ -40,16 +42,17 @@ from basicsr.utils import img2tensor, tensor2img
 from pdnsr import options as opts
 from pdnsr import provenance
 from pdnsr.data.degradations import blur_downsample
+from pdnsr.data.prompt_store import PromptStore
 from pdnsr.experiments.runs import hashed_name, run_pipeline, weights_path
+from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
+from pdnsr.utils.files import write_text
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'
 
 
 def prepare_pairs(sources, out_dir, scale, sigma, crop=None, limit=None):
     """Write HR/<key>.png and LR/<key>.png (full images) for every image of ``sources`` ({prefix: folder}).
-
-    Skips work already done in ``out_dir`` (a re-run with the same options reuses it). Returns (hr_dir, lr_dir).
-    """
+    Returns (hr_dir, lr_dir)."""
     hr_dir, lr_dir = os.path.join(out_dir, 'HR'), os.path.join(out_dir, 'LR')
     os.makedirs(hr_dir, exist_ok=True)
     os.makedirs(lr_dir, exist_ok=True)
@@ -57,8 +60,6 @@ def prepare_pairs(sources, out_dir, scale, sigma, crop=None, limit=None):
         for path in images_in(folder)[:limit]:
             key = (prefix + '_' if prefix else '') + os.path.splitext(os.path.basename(path))[0]
             hr_path, lr_path = os.path.join(hr_dir, key + '.png'), os.path.join(lr_dir, key + '.png')
-            if os.path.exists(hr_path) and os.path.exists(lr_path):
-                continue
             img = cv2.imread(path, cv2.IMREAD_COLOR)
             if crop is not None:
                 img = img[:crop, :crop]
@@ -71,8 +72,6 @@ def prepare_pairs(sources, out_dir, scale, sigma, crop=None, limit=None):
 def cut_subimages(hr_dir, lr_dir, out_dir, scale, crop, step):
     """HR sub-images of ``crop`` pixels every ``step`` (and the matching LR crops), named ``<key>_s001`` ..."""
     sub_hr, sub_lr = os.path.join(out_dir, 'HR_sub'), os.path.join(out_dir, 'LR_sub')
-    if os.path.isdir(sub_hr) and os.listdir(sub_hr):
-        return sub_hr, sub_lr
     os.makedirs(sub_hr, exist_ok=True)
     os.makedirs(sub_lr, exist_ok=True)
     for hr_path in images_in(hr_dir):
@@ -94,6 +93,53 @@ def build_store(encoder, images_dir, out):
     if not os.path.exists(out):
         build_prompt_store('image', out, encoder, images_dir=images_dir, view='flip', progress=False)
     return out
+
+
+def finished(folder, make):
+    """Fill ``folder`` with ``make()`` unless an earlier run finished it (``done.json``, written last); what an
+    interrupted run left there is removed first."""
+    if not os.path.exists(os.path.join(folder, 'done.json')):
+        shutil.rmtree(folder, ignore_errors=True)
+        make()
+        write_text(os.path.join(folder, 'done.json'), '{}\n')
+
+
+def prepare_data(args, train_sets, bench_sets, workdir):
+    """The training sub-images and the benchmark sets, degraded, with their image-prompt stores, in ``workdir``:
+    each folder is named after a hash of every source folder and data option (another source or recipe never
+    reuses it) and reused once finished.
+
+    Returns:
+        dict: ``hr``, ``lr``, ``prompts`` (training sub-images and their store), ``prompt_dim``, ``test`` {set: hr,
+        lr, store, store_path}, ``bench`` (the ``--val-sets`` of ``test``), ``n_images``, ``n_sub``, ``clip_tag``.
+    """
+    limit, crop = (2, 96) if args.quick else (None, None)
+    sub_crop, step = (min(args.crop, 96), 96) if args.quick else (args.crop, args.crop)
+    key = dict(train=train_sets, bench=bench_sets, scale=args.scale, sigma=args.sigma, crop=crop, limit=limit,
+               sub=(sub_crop, step))  # fmt: skip
+    tag = hashed_name(f'x{args.scale}_s{args.sigma:g}_c{args.crop}', key)
+    train_dir = os.path.join(workdir, f'train_{tag}')
+    hr, lr, sub_hr, sub_lr = (os.path.join(train_dir, sub) for sub in ('HR', 'LR', 'HR_sub', 'LR_sub'))
+
+    def make_train():
+        prepare_pairs(train_sets, train_dir, args.scale, args.sigma, crop, limit)
+        cut_subimages(hr, lr, train_dir, args.scale, sub_crop, step)
+
+    finished(train_dir, make_train)
+    random_clip = args.clip_pretrained in RANDOM_TAGS
+    encoder = PromptEncoder('ViT-B-32', pretrained=None if random_clip else args.clip_pretrained)
+    clip_tag = provenance.weights_tag(args.clip_pretrained)
+    test = {}
+    for name, folder in bench_sets.items():
+        bdir = os.path.join(workdir, f'{name}_{tag}')
+        finished(bdir, partial(prepare_pairs, {'': folder}, bdir, args.scale, args.sigma, crop, limit))
+        store = build_store(encoder, os.path.join(bdir, 'LR'), os.path.join(bdir, f'prompts_{clip_tag}.lmdb'))
+        test[name] = dict(hr=os.path.join(bdir, 'HR'), lr=os.path.join(bdir, 'LR'), store=PromptStore(store),
+                          store_path=store)  # fmt: skip
+    prompts = build_store(encoder, lr, os.path.join(train_dir, f'prompts_{clip_tag}.lmdb'))
+    return dict(hr=sub_hr, lr=sub_lr, prompts=prompts, prompt_dim=encoder.embed_dim, test=test,
+                bench={name: test[name] for name in args.val_sets}, n_images=len(os.listdir(hr)),
+                n_sub=len(os.listdir(sub_hr)), clip_tag=clip_tag)  # fmt: skip
 
 
 def bank_tag(args, net_type):
@@ -249,8 +295,9 @@ def main():
     parser.add_argument(
         '--workdir',
         default=None,
-        help='where data, prompts and experiments go (default: a new folder under /tmp); prepared data and '
-        'finished runs (the baseline of a --dcm-bank compact run, say) are reused when the folder exists',
+        help='where data, prompts and experiments go (default: a new folder under /tmp); finished data (named after '
+        'its source folders and options) and runs (named after their whole option dict: the baseline of a '
+        '--dcm-bank compact run, say) are reused',
     )
     args = parser.parse_args()
     if args.quick:
@@ -279,9 +326,6 @@ def main():
         )
         return
 
-    from pdnsr.data.prompt_store import PromptStore
-    from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
-
     random_clip = args.clip_pretrained in RANDOM_TAGS
     if random_clip:
         print(
@@ -292,38 +336,13 @@ def main():
     workdir = args.workdir or os.path.join('/tmp', f'pdnsr_quality_{os.getpid()}')
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
-    tag = f'x{args.scale}_s{args.sigma:g}_c{args.crop}' + ('_quick' if args.quick else '')
-    limit, crop = (2, 96) if args.quick else (None, None)
-    hr, lr = prepare_pairs(train_sets, os.path.join(workdir, f'train_{tag}'), args.scale, args.sigma, crop, limit)
-    sub_hr, sub_lr = cut_subimages(
-        hr,
-        lr,
-        os.path.join(workdir, f'train_{tag}'),
-        args.scale,
-        min(args.crop, 96) if args.quick else args.crop,
-        96 if args.quick else args.crop,
-    )
-    encoder = PromptEncoder('ViT-B-32', pretrained=None if random_clip else args.clip_pretrained)
-    clip_tag = provenance.weights_tag(args.clip_pretrained)
-    bench = {}
-    for name, folder in bench_sets.items():
-        bdir = os.path.join(workdir, f'{name}_{tag}')
-        bhr, blr = prepare_pairs({'': folder}, bdir, args.scale, args.sigma, crop, limit)
-        store = build_store(encoder, blr, os.path.join(bdir, f'prompts_{clip_tag}.lmdb'))
-        bench[name] = dict(hr=bhr, lr=blr, store=PromptStore(store), store_path=store)
-    data = dict(
-        hr=sub_hr,
-        lr=sub_lr,
-        prompt_dim=encoder.embed_dim,
-        prompts=build_store(encoder, lr, os.path.join(workdir, f'train_{tag}', f'prompts_{clip_tag}.lmdb')),
-        bench={name: bench[name] for name in args.val_sets},
-    )
-    n_sub = len(os.listdir(sub_hr))
+    data = prepare_data(args, train_sets, bench_sets, workdir)
     print(
-        f'data: {len(os.listdir(hr))} training images -> {n_sub} HR sub-images; prompts: image (flipped LR view), '
-        f'CLIP ViT-B-32 {clip_tag} weights; prepared in {time.time() - t0:.0f} s; workdir {workdir}\n',
+        f'data: {data["n_images"]} training images -> {data["n_sub"]} HR sub-images; prompts: image (flipped LR '
+        f'view), CLIP ViT-B-32 {data["clip_tag"]} weights; prepared in {time.time() - t0:.0f} s; workdir {workdir}\n',
         flush=True,
     )
+    bench = data['test']
 
     runs = [(net_type, seed) for seed in args.seeds for net_type in ('EDSRPlus', 'EDSR')]
     run_opts = {}
@@ -383,7 +402,7 @@ def main():
     print(
         f'Y channel, crop_border {args.scale}, final weights (no EMA); mean ± std over seeds {args.seeds}; '
         f'prompts from '
-        f'{"a RANDOM-weight CLIP (meaningless)" if random_clip else "CLIP " + clip_tag}\n'
+        f'{"a RANDOM-weight CLIP (meaningless)" if random_clip else "CLIP " + data["clip_tag"]}\n'
     )
     print_table(
         ['set', 'metric', 'EDSR', 'EDSR+', 'EDSR+ − EDSR (paired by seed)', 'seeds where EDSR+ is better'], rows

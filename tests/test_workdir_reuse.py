@@ -1,4 +1,8 @@
-"""pdnsr.experiments.prompt_information: what decides whether a work folder's data and runs are reused."""
+"""What decides whether the benchmarks' work folders (``--workdir``) reuse data and runs: the prompt-information
+experiment (pdnsr.experiments.prompt_information, bench_prompt_information.py) and bench_quality.py."""
+
+import os
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -23,15 +27,21 @@ def test_another_clip_model_gets_its_own_stores_and_run_names(tmp_path):
     assert stores['ViT-B-32'] != stores['ViT-B-16'] and names['ViT-B-32'] != names['ViT-B-16']
 
 
+def source_folders(root, names, rng, size=64):
+    """``root/<name>/x.png`` for each name: a random ``size`` px image (one source of a benchmark's data)."""
+    for name in names:
+        (root / name).mkdir(parents=True)
+        cv2.imwrite(str(root / name / 'x.png'), rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return {name: str(root / name) for name in names}
+
+
 def test_benchmark_data_is_keyed_on_its_sources(tmp_path):
     """bench_prompt_information.py (and bench_router.py, which shares its data) prepares its data in a folder named
     after the source folders and the data recipe: other images in the same --workdir are never the old ones."""
     bpi = load_script('bench_prompt_information', 'benchmarks')
     rng = np.random.default_rng(0)
     for root in ('a', 'b'):
-        for name in (*bpi.TRAIN_SETS, *bpi.TEST_SETS):
-            (tmp_path / root / name).mkdir(parents=True)
-            cv2.imwrite(str(tmp_path / root / name / 'x.png'), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        source_folders(tmp_path / root, (*bpi.TRAIN_SETS, *bpi.TEST_SETS), rng)
     runs = {}
     for root in ('a', 'b', 'a'):
         args = bpi.parse_args(['--quick', '--workdir', str(tmp_path / 'work'), '--train-data', str(tmp_path / root),
@@ -40,3 +50,26 @@ def test_benchmark_data_is_keyed_on_its_sources(tmp_path):
         data, _ = bpi.load_data(args, base)
         runs.setdefault(root, []).append(data['train']['hr'])
     assert runs['a'][0] == runs['a'][1] != runs['b'][0]  # the same sources reuse their folder; others get their own
+
+
+def test_quality_benchmark_data_is_keyed_on_its_sources_and_made_whole(tmp_path):
+    bq = load_script('bench_quality', 'benchmarks')
+    rng = np.random.default_rng(0)
+    sources = {root: source_folders(tmp_path / root, ('BSD68', 'Set5'), rng, 128) for root in ('a', 'b')}
+    args = SimpleNamespace(quick=True, crop=128, scale=2, sigma=0.0, clip_pretrained='none', val_sets=['Set5'])
+
+    def prepare(root):
+        train, bench = {'BSD68': sources[root]['BSD68']}, {'Set5': sources[root]['Set5']}
+        return bq.prepare_data(args, train, bench, str(tmp_path / 'work'))
+
+    a, b = prepare('a'), prepare('b')
+    assert a['hr'] != b['hr'] and a['test']['Set5']['hr'] != b['test']['Set5']['hr']
+    assert prepare('a')['hr'] == a['hr'] and a['n_sub'] == 1  # --quick: a 96 px crop, one 96 px sub-image
+    # An interrupted preparation (no done.json, a partial folder) is made again from scratch, not reused as it is.
+    train_dir = os.path.dirname(a['hr'])
+    os.remove(os.path.join(train_dir, 'done.json'))
+    for sub in ('HR_sub', 'LR_sub'):
+        os.remove(os.path.join(train_dir, sub, 'BSD68_x_s001.png'))
+    again = prepare('a')
+    assert again['n_sub'] == 1 and os.path.exists(os.path.join(train_dir, 'done.json'))
+    assert cv2.imread(os.path.join(again['lr'], 'BSD68_x_s001.png')).shape == (48, 48, 3)
