@@ -25,7 +25,6 @@ Pipeline (the real stack):
 """
 
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -45,7 +44,7 @@ from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.prompt_store import PromptStore
 from pdnsr.experiments.runs import hashed_name, run_pipeline, weights_path
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
-from pdnsr.utils.files import write_text
+from pdnsr.utils.files import fill_once
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'
 
@@ -95,15 +94,6 @@ def build_store(encoder, images_dir, out):
     return out
 
 
-def finished(folder, make):
-    """Fill ``folder`` with ``make()`` unless an earlier run finished it (``done.json``, written last); what an
-    interrupted run left there is removed first."""
-    if not os.path.exists(os.path.join(folder, 'done.json')):
-        shutil.rmtree(folder, ignore_errors=True)
-        make()
-        write_text(os.path.join(folder, 'done.json'), '{}\n')
-
-
 def prepare_data(args, train_sets, bench_sets, workdir):
     """The training sub-images and the benchmark sets, degraded, with their image-prompt stores, in ``workdir``:
     each folder is named after a hash of every source folder and data option (another source or recipe never
@@ -125,14 +115,14 @@ def prepare_data(args, train_sets, bench_sets, workdir):
         prepare_pairs(train_sets, train_dir, args.scale, args.sigma, crop, limit)
         cut_subimages(hr, lr, train_dir, args.scale, sub_crop, step)
 
-    finished(train_dir, make_train)
+    fill_once(train_dir, make_train)
     random_clip = args.clip_pretrained in RANDOM_TAGS
     encoder = PromptEncoder('ViT-B-32', pretrained=None if random_clip else args.clip_pretrained)
     clip_tag = provenance.weights_tag(args.clip_pretrained)
     test = {}
     for name, folder in bench_sets.items():
         bdir = os.path.join(workdir, f'{name}_{tag}')
-        finished(bdir, partial(prepare_pairs, {'': folder}, bdir, args.scale, args.sigma, crop, limit))
+        fill_once(bdir, partial(prepare_pairs, {'': folder}, bdir, args.scale, args.sigma, crop, limit))
         store = build_store(encoder, os.path.join(bdir, 'LR'), os.path.join(bdir, f'prompts_{clip_tag}.lmdb'))
         test[name] = dict(hr=os.path.join(bdir, 'HR'), lr=os.path.join(bdir, 'LR'), store=PromptStore(store),
                           store_path=store)  # fmt: skip

@@ -56,3 +56,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(TypeError):
         write_text(path, None)  # fails inside the write
     assert path.read_text() == 'old\n' and sorted(p.name for p in tmp_path.iterdir()) == ['results.md']
+
+
+def test_a_folder_filled_once_is_reused_whole_or_made_again(tmp_path):
+    from pdnsr.utils.files import fill_once
+
+    folder, calls = tmp_path / 'data', []
+
+    def fill(fail=False):
+        calls.append(fail)
+        (folder / f'part{len(calls)}.png').write_bytes(b'x')
+        if fail:
+            raise KeyboardInterrupt  # interrupted half way
+
+    with pytest.raises(KeyboardInterrupt):
+        fill_once(folder, lambda: fill(fail=True))
+    assert not (folder / 'done.json').exists()
+    fill_once(folder, fill)  # the interrupted call's file is gone, not kept beside the new ones
+    assert sorted(p.name for p in folder.iterdir()) == ['done.json', 'part2.png']
+    fill_once(folder, fill)  # finished: not filled again
+    assert calls == [True, False]

@@ -30,6 +30,7 @@ from pdnsr.experiments.runs import hashed_name
 from pdnsr.inference import load_network, super_resolve
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
+from pdnsr.utils.files import fill_once
 
 # --network NAME -> (baseline type, "+" type); both take the recipe's num_feat and num_block.
 NETWORK_PAIRS = {'EDSR': ('EDSR', 'EDSRPlus'), 'RRDBNet': ('RRDBNet', 'RRDBNetPlus')}
@@ -88,14 +89,16 @@ def tiles(img, size, centre_crop=None):
 
 def _pairs(folder, lr_name, items, scale):
     """Write ``items`` ({key: (HR image, degradation)}) as ``folder/HR`` / ``folder/<lr_name>`` pairs unless a
-    finished folder is there (``done.json``, written last); returns the two folders."""
+    finished folder is there (:func:`fill_once`); returns the two folders."""
     hr, lr = os.path.join(folder, 'HR'), os.path.join(folder, lr_name)
-    if not os.path.exists(os.path.join(folder, 'done.json')):
+
+    def fill():
         for path in (hr, lr):
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(path)
         for key, (img, deg) in items.items():
             cdeg.write_degraded_pair(img, deg, scale, key, hr, lr)
-        open(os.path.join(folder, 'done.json'), 'w').close()
+
+    fill_once(folder, fill)
     return hr, lr
 
 

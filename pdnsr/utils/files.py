@@ -1,4 +1,5 @@
-"""Files that exist only when complete: written under a temporary name beside the target, then renamed.
+"""Files that exist only when complete: written under a temporary name beside the target, then renamed; folders
+that count only when finished (:func:`fill_once`).
 
 ``os.replace`` is atomic within one file system, so a reader (or a rerun that reuses what it finds) never sees a
 half-written file, and a write that fails leaves nothing behind. The temporary name starts with :data:`TMP_PREFIX`:
@@ -7,6 +8,7 @@ a dot, so folder listings skip it, and a prefix by which an interrupted run's le
 
 import contextlib
 import os
+import shutil
 
 TMP_PREFIX = '.tmp-'
 
@@ -30,3 +32,14 @@ def write_text(path, text):
     with written_atomically(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
         f.write(text)
     return path
+
+
+def fill_once(folder, fill, marker='done.json'):
+    """Run ``fill()`` to fill ``folder`` unless an earlier call finished it (``marker``, written last); what an
+    interrupted call left there is removed first, so a folder is reused whole or made again, never half."""
+    if not os.path.exists(os.path.join(folder, marker)):
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        fill()
+        write_text(os.path.join(folder, marker), '{}\n')
+    return folder
