@@ -36,6 +36,7 @@ from basicsr.utils.matlab_functions import imresize  # noqa: E402
 
 from pdnsr.data.prompt_paired_image_dataset import PromptPairedImageDataset  # noqa: E402
 from pdnsr.data.prompt_store import PromptStore, PromptStoreWriter  # noqa: E402
+from pdnsr.utils.markdown import markdown_table  # noqa: E402
 
 SET14 = REPO_ROOT.parent / 'shared' / 'data' / 'benchmarks' / 'Set14'
 
@@ -158,23 +159,16 @@ def main(argv=None):
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     print(f'Command: `{cmd}` (torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, '
           f'load average {load:.2f} at the end)\n')  # fmt: skip
-    print('| measurement | value |')
-    print('|---|---|')
-    print(f'| PromptStore.get, random keys (10,000 keys, d=512, m=5), 1 process | {reads:,.0f} reads/s |')
+    rows = [['PromptStore.get, random keys (10,000 keys, d=512, m=5), 1 process', f'{reads:,.0f} reads/s']]
     for phase, (plain, prompt, extra) in (('train, gt_size 96', train), ('val, full image', val)):
-        print(
-            f'| Set14 x4 per item, {phase}: PairedImageDataset / PromptPairedImageDataset | '
-            f'{plain * 1e3:.2f} ms / {prompt * 1e3:.2f} ms ({(prompt / plain - 1) * 100:+.1f} %) |'
-        )
-        print(
-            f'| prompt part of an item alone ({phase}: read + choice + tensor) | '
-            f'{extra * 1e6:.1f} µs ({extra / plain * 100:.2f} % of the item) |'
-        )
+        times = f'{plain * 1e3:.2f} ms / {prompt * 1e3:.2f} ms ({(prompt / plain - 1) * 100:+.1f} %)'
+        rows.append([f'Set14 x4 per item, {phase}: PairedImageDataset / PromptPairedImageDataset', times])
+        rows.append([f'prompt part of an item alone ({phase}: read + choice + tensor)',
+                     f'{extra * 1e6:.1f} µs ({extra / plain * 100:.2f} % of the item)'])  # fmt: skip
     for kind, (batched, single) in enc.items():
-        print(
-            f'| ViT-B-32 (random weights) {kind} encoding, batch 32 / one at a time | '
-            f'{batched:.1f} / {single:.1f} items/s ({batched / single:.1f}x) |'
-        )
+        rows.append([f'ViT-B-32 (random weights) {kind} encoding, batch 32 / one at a time',
+                     f'{batched:.1f} / {single:.1f} items/s ({batched / single:.1f}x)'])  # fmt: skip
+    print(markdown_table(['measurement', 'value'], rows))
 
 
 if __name__ == '__main__':

@@ -23,6 +23,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import pdnsr  # noqa: E402,F401  (before basicsr: applies the compat patches and registers the archs)
+from pdnsr.utils.markdown import markdown_table  # noqa: E402  (the benchmarks' tables)
 
 
 def make_parser(description, reps=None, only=None):
@@ -128,13 +129,6 @@ def min_ratio(samples_a, samples_b):
 def spread(samples):
     """'min–max' of a list of seconds in ms, to show how noisy a median is."""
     return f'{min(samples) * 1e3:.1f}–{max(samples) * 1e3:.1f}'
-
-
-def markdown_table(headers, rows):
-    """A markdown table as a string; cells are formatted with str()."""
-    lines = ['| ' + ' | '.join(map(str, headers)) + ' |', '|' + '|'.join('---' for _ in headers) + '|']
-    lines += ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows]
-    return '\n'.join(lines)
 
 
 def print_table(headers, rows):

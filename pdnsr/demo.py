@@ -29,6 +29,7 @@ from pdnsr.experiments.runs import progress_of, train_all
 from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS
 from pdnsr.utils.files import write_text
+from pdnsr.utils.markdown import markdown_table
 from pdnsr.utils.sample_data import sample_photos
 from pdnsr.utils.visualization import labelled_grid, overlay_heatmap
 
@@ -137,14 +138,13 @@ def attention_picture(images, diag, out):
     return labelled_grid(rows), lines
 
 
-def markdown_table(scores, caption):
+def results_table(scores, caption):
     """The result table: one row per method, PSNR / SSIM per blur, then the caption as a paragraph."""
-    head = ' | '.join(f'{d.name} (σ {d.sigma:g}) PSNR | SSIM' for d in DEGRADATIONS)
-    lines = [f'| method | {head} |', '|---' + '|---:|---:' * len(DEGRADATIONS) + '|']
-    for key, title in METHODS:
-        cells = ' | '.join(f'{scores[d.name][key][0]:.2f} | {scores[d.name][key][1]:.4f}' for d in DEGRADATIONS)
-        lines.append(f'| {title} | {cells} |')
-    return '\n'.join(lines) + '\n\n' + caption
+    head = [h for d in DEGRADATIONS for h in (f'{d.name} (σ {d.sigma:g}) PSNR', 'SSIM')]
+    # PSNR with 2 decimals, SSIM with 4
+    rows = [[title, *(f'{v:.{n}f}' for d in DEGRADATIONS for v, n in zip(scores[d.name][key], (2, 4)))]
+            for key, title in METHODS]  # fmt: skip
+    return markdown_table(['method', *head], rows, right=range(1, len(head) + 1)) + '\n\n' + caption
 
 
 def run(args):
@@ -229,7 +229,7 @@ def run(args):
         f'{len(assignment)} tiles of {len(photos)} photos ({recipe.num_block} blocks, {recipe.num_feat} features, '
         f'seed {args.seed}). {captions}.\n\n' + ' '.join(notice)
     )
-    table = markdown_table(scores, caption)
+    table = results_table(scores, caption)
     print(table)
     write_text(os.path.join(out, 'results.md'), table + '\n')
     print(

@@ -42,6 +42,7 @@ from pdnsr import options as opts  # noqa: E402
 from pdnsr.experiments.runs import progress_of, run_pipeline, train_all, weights_path  # noqa: E402
 from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
 from pdnsr.utils.files import write_text  # noqa: E402
+from pdnsr.utils.markdown import markdown_table  # noqa: E402
 from pdnsr.utils.sample_data import sample_dataset  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,8 +125,8 @@ def check_training(root, data, args, report):
                      loss and f'{loss:.4f}', psnr and f'{psnr:.2f}'])  # fmt: skip
         failed += [] if ok else [name]
     first = max(1, args.iters // 4)  # the first logged iteration (print_freq)
-    report.append(table(['run', 'status', 'wall s', f'ms / iteration {first}–{args.iters} (after warm-up)',
-                         'last loss', 'val PSNR'], rows))  # fmt: skip
+    heads = ['run', 'status', 'wall s', f'ms / iteration {first}–{args.iters} (after warm-up)', 'last loss', 'val PSNR']
+    report.append(markdown_table(heads, rows) + '\n')
     report.append(ratios(steps, args))
     return failed
 
@@ -211,13 +212,6 @@ def check_benchmarks(args, report):
         )
         failed += [script] if proc.returncode else []
     return failed
-
-
-def table(headers, rows):
-    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
-    return (
-        '\n'.join(lines + ['| ' + ' | '.join('' if v is None else str(v) for v in row) + ' |' for row in rows]) + '\n'
-    )
 
 
 def main(argv=None):

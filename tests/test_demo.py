@@ -46,7 +46,8 @@ def test_quick_demo_end_to_end(tmp_path):
     assert all(20 < psnr < 60 for psnr in rows['bicubic'][::2]) and all(0 < q <= 1 for q in rows['bicubic'][1::2])
     # The blurrier input is harder for bicubic.
     assert rows['bicubic'][0] > rows['bicubic'][2]
-    assert (out / 'results.md').read_text().startswith('| method | sharp (σ 0.4) PSNR | SSIM |')
+    head = '| method | sharp (σ 0.4) PSNR | SSIM | blurry (σ 2) PSNR | SSIM |\n|---|---:|---:|---:|---:|\n'
+    assert (out / 'results.md').read_text().startswith(head)  # numbers right-aligned
     assert (out / 'keep.txt').exists()
 
     hr = cv2.imread(str(out / 'data' / 'test' / demo.HOLDOUT / 'sharp' / 'HR' / f'{demo.HOLDOUT}.png'))

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pdnsr.utils.files import write_text
+from pdnsr.utils.markdown import markdown_table
 
 
 class CpuFriendlyMixin:
@@ -84,6 +85,5 @@ class MetricsTableMixin:
 def write_metric_table(rows, path):
     """``rows``: {dataset: {metric: value}} as a markdown table at ``path`` (a temporary name, then rename)."""
     metrics = list(next(iter(rows.values())))
-    lines = ['| dataset | ' + ' | '.join(metrics) + ' |', '|---' * (len(metrics) + 1) + '|']
-    lines += [f'| {name} | ' + ' | '.join(f'{values[m]:.4f}' for m in metrics) + ' |' for name, values in rows.items()]
-    write_text(path, '\n'.join(lines) + '\n')
+    lines = [[name, *(f'{values[m]:.4f}' for m in metrics)] for name, values in rows.items()]
+    write_text(path, markdown_table(['dataset', *metrics], lines) + '\n')
