@@ -64,6 +64,11 @@ def log_values(log, key):
     return [p[key] for p in map(progress_of, log.splitlines()) if p is not None and key in p]
 
 
+def validation_psnrs(log):
+    """The PSNRs of basicsr's validation log lines (``# psnr: 30.1234``), in order."""
+    return [float(v) for v in re.findall(r'# psnr: ([-+0-9.e]+)', log)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('net_type', ['EDSRPlus', 'RCANPlus'])
 def test_train_end_to_end(paired_data, tmp_path, net_type):
