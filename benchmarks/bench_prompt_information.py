@@ -27,12 +27,12 @@ from statistics import mean
 from common import REPO_ROOT, images_in, make_parser, mean_std, print_header, print_table, setup
 
 # isort: split
-import cv2
 import torch
 
 from pdnsr.archs.dcm_arch import ROUTERS
 from pdnsr.cli import add_clip_arguments
 from pdnsr.data.captioned_degradations import get_degradations
+from pdnsr.data.image_files import read_bgr
 from pdnsr.experiments import prompt_information as pi
 from pdnsr.experiments.runs import hashed_name, train_all
 from pdnsr.options import write_options
@@ -106,7 +106,7 @@ def load_data(args, base):
     t0 = time.time()
 
     def read(folder):
-        return {os.path.splitext(os.path.basename(p))[0]: cv2.imread(p) for p in images_in(folder)[: args.limit]}
+        return {os.path.splitext(os.path.basename(p))[0]: read_bgr(p)[0] for p in images_in(folder)[: args.limit]}
 
     train_images = {f'{prefix}_{k}': v for prefix, folder in sources.items() for k, v in read(folder).items()}
     # Named after everything that decides the data: another source folder or data recipe never reuses it.

@@ -41,6 +41,7 @@ from basicsr.utils import img2tensor, tensor2img
 from pdnsr import options as opts
 from pdnsr import provenance
 from pdnsr.data.degradations import blur_downsample
+from pdnsr.data.image_files import read_bgr
 from pdnsr.data.prompt_store import PromptStore
 from pdnsr.experiments.runs import hashed_name, run_pipeline, weights_path
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
@@ -59,7 +60,7 @@ def prepare_pairs(sources, out_dir, scale, sigma, crop=None, limit=None):
         for path in images_in(folder)[:limit]:
             key = (prefix + '_' if prefix else '') + os.path.splitext(os.path.basename(path))[0]
             hr_path, lr_path = os.path.join(hr_dir, key + '.png'), os.path.join(lr_dir, key + '.png')
-            img = cv2.imread(path, cv2.IMREAD_COLOR)
+            img, _ = read_bgr(path)  # a truncated or unreadable file is refused, by name
             if crop is not None:
                 img = img[:crop, :crop]
             img = img[: img.shape[0] - img.shape[0] % scale, : img.shape[1] - img.shape[1] % scale]

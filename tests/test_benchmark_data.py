@@ -1,13 +1,16 @@
-"""What decides whether the benchmarks' work folders (``--workdir``) reuse data and runs: the prompt-information
-experiment (pdnsr.experiments.prompt_information, bench_prompt_information.py) and bench_quality.py."""
+"""The benchmarks' data (``--workdir``): what decides whether data and runs are reused, and what a bad source
+image gets. The prompt-information experiment (pdnsr.experiments.prompt_information, bench_prompt_information.py)
+and bench_quality.py."""
 
 import os
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import load_script
+from pdnsr.data.image_files import UnreadableImage
 from pdnsr.data.prompt_store import PromptStore
 from pdnsr.experiments import prompt_information as pi
 
@@ -73,3 +76,19 @@ def test_quality_benchmark_data_is_keyed_on_its_sources_and_made_whole(tmp_path)
     again = prepare('a')
     assert again['n_sub'] == 1 and os.path.exists(os.path.join(train_dir, 'done.json'))
     assert cv2.imread(os.path.join(again['lr'], 'BSD68_x_s001.png')).shape == (48, 48, 3)
+
+
+def test_a_truncated_source_image_is_refused_by_name(tmp_path):
+    bpi, bq = load_script('bench_prompt_information', 'benchmarks'), load_script('bench_quality', 'benchmarks')
+    sources = source_folders(tmp_path / 'src', (*bpi.TRAIN_SETS, *bpi.TEST_SETS), np.random.default_rng(0), 128)
+    bad = tmp_path / 'src' / 'BSD68' / 'x.png'
+    bad.write_bytes(bad.read_bytes()[:200])  # cut short: its PNG data stops before the IEND chunk
+    args = bpi.parse_args(['--quick', '--workdir', str(tmp_path / 'w1'), '--train-data', str(tmp_path / 'src'),
+                           '--bench-data', str(tmp_path / 'src')])  # fmt: skip
+    base = pi.Recipe(degradations=args.degradations, **{n: getattr(args, n) for n in bpi.RECIPE_ARGS})
+    with pytest.raises(UnreadableImage, match=f'image {bad} is truncated'):
+        bpi.load_data(args, base)
+    args = SimpleNamespace(quick=True, crop=128, scale=2, sigma=0.0, clip_pretrained='none', val_sets=['Set5'])
+    with pytest.raises(UnreadableImage, match=f'image {bad} is truncated'):
+        bq.prepare_data(args, {'BSD68': sources['BSD68']}, {'Set5': sources['Set5']}, str(tmp_path / 'w2'))
+    assert not list((tmp_path / 'w2').glob('*/done.json'))  # nothing counts as prepared
