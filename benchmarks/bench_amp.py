@@ -9,7 +9,7 @@ Small configurations (the issue's "small configs"): 16 features, a few blocks, p
     .venv/bin/python benchmarks/bench_amp.py [--device cpu|cuda] [--quick]
 """
 
-from common import make_parser, print_header, print_table, setup
+from common import make_parser, print_header, print_table, run_benchmark, setup
 
 # isort: split
 import torch
@@ -136,4 +136,4 @@ class _Literal(torch.nn.Module):
 
 
 if __name__ == '__main__':
-    main()
+    run_benchmark(main)

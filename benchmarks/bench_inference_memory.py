@@ -12,7 +12,7 @@ a 2-core CPU gets through 1024 x 1024 inputs: depth changes time, not the workin
     .venv/bin/python benchmarks/bench_inference_memory.py [--sizes 256 512 1024] [--tile 128] [--quick]
 """
 
-from common import make_parser, print_header, print_table, setup
+from common import make_parser, print_header, print_table, run_benchmark, setup
 
 # isort: split
 import json
@@ -119,4 +119,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_benchmark(main)

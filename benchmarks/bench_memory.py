@@ -22,7 +22,7 @@ import resource
 import subprocess
 import sys
 
-from common import make_parser, print_header, print_table, setup, verdict
+from common import make_parser, print_header, print_table, run_benchmark, setup, verdict
 
 # isort: split
 import torch
@@ -201,4 +201,4 @@ def argparse_hidden():
 
 
 if __name__ == '__main__':
-    main()
+    run_benchmark(main)

@@ -16,6 +16,7 @@ from common import (
     paired_ratio,
     print_header,
     print_table,
+    run_benchmark,
     setup,
     spread,
     time_interleaved,
@@ -152,4 +153,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_benchmark(main)

@@ -166,4 +166,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    common.run_benchmark(main)

@@ -33,6 +33,7 @@ compat.apply()  # before anything imports basicsr
 
 from basicsr.data.paired_image_dataset import PairedImageDataset  # noqa: E402
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
+from common import run_benchmark  # noqa: E402  (after the compat patches)
 
 from pdnsr.data.prompt_paired_image_dataset import PromptPairedImageDataset  # noqa: E402
 from pdnsr.data.prompt_store import PromptStore, PromptStoreWriter  # noqa: E402
@@ -172,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_benchmark(main)

@@ -24,7 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from statistics import mean
 
-from common import REPO_ROOT, images_in, make_parser, mean_std, print_header, print_table, setup
+import common
+from common import REPO_ROOT, images_in, make_parser, make_workdir, mean_std, print_header, print_table, setup
 
 # isort: split
 import torch
@@ -101,8 +102,7 @@ def load_data(args, base):
     if missing:
         print(f'SKIPPED: data not found: {missing} (--train-data / --bench-data)')
         return None
-    workdir = os.path.abspath(args.workdir or os.path.join('/tmp', f'pdnsr_prompt_info_{os.getpid()}'))
-    os.makedirs(workdir, exist_ok=True)
+    workdir = make_workdir(args.workdir, 'pdnsr_prompt_info')
     t0 = time.time()
 
     def read(folder):
@@ -274,4 +274,4 @@ def print_tables(args, results, recipes, degs, baseline):
 
 
 if __name__ == '__main__':
-    main()
+    common.run_benchmark(main)

@@ -29,7 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from common import REPO_ROOT, images_in, make_parser, mean_std, print_header, print_table, setup
+import common
+from common import REPO_ROOT, images_in, make_parser, make_workdir, mean_std, print_header, print_table, setup
 
 # isort: split
 import cv2
@@ -43,7 +44,7 @@ from pdnsr import provenance
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import read_bgr
 from pdnsr.data.prompt_store import PromptStore
-from pdnsr.experiments.runs import hashed_name, run_pipeline, weights_path
+from pdnsr.experiments.runs import hashed_name, run_pipeline, validation_results, weights_path
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 from pdnsr.utils.files import fill_once
 
@@ -216,20 +217,16 @@ def train(opt, workdir, threads):
 
 
 def validation_curve(log_path, args):
-    """[(iteration, set, PSNR)] from basicsr's "Validation <set>" log lines of one run (every ``--val-freq``)."""
+    """[(iteration, set, PSNR)] from basicsr's validation log lines of one run (every ``--val-freq``)."""
     if not args.val_freq:
         return []
-    curve, current, seen = [], None, {}
+    curve, seen = [], {}
     with open(log_path, encoding='utf-8') as f:
-        for line in f:
-            if 'Validation ' in line:
-                current = line.rsplit('Validation ', 1)[1].strip()
-            elif current and '# psnr:' in line:
-                seen[current] = seen.get(current, 0) + 1
-                it = seen[current] * args.val_freq
-                if it <= args.iters:  # basicsr validates once more after the last iteration: the same weights
-                    curve.append((it, current, float(line.split('# psnr:')[1].split()[0])))
-                current = None
+        for set_name, psnr in validation_results(f.read()):
+            seen[set_name] = seen.get(set_name, 0) + 1
+            it = seen[set_name] * args.val_freq
+            if it <= args.iters:  # basicsr validates once more after the last iteration: the same weights
+                curve.append((it, set_name, psnr))
     return curve
 
 
@@ -324,8 +321,7 @@ def main():
             'meaning; any difference between EDSR and EDSR+ below comes from the extra capacity of the DCMs, '
             'not from prompt guidance. Pass --clip-pretrained openai (or a local checkpoint) for real prompts.\n'
         )
-    workdir = args.workdir or os.path.join('/tmp', f'pdnsr_quality_{os.getpid()}')
-    os.makedirs(workdir, exist_ok=True)
+    workdir = make_workdir(args.workdir, 'pdnsr_quality')
     t0 = time.time()
     data = prepare_data(args, train_sets, bench_sets, workdir)
     print(
@@ -402,4 +398,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    common.run_benchmark(main)

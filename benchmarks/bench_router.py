@@ -22,7 +22,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
-from common import make_parser, mean_std, print_header, print_table, setup
+from common import make_parser, mean_std, print_header, print_table, run_benchmark, setup
 
 # isort: split
 import bench_prompt_information as bpi
@@ -156,4 +156,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_benchmark(main)

@@ -16,7 +16,7 @@ saturates part of its output, and clamped pixels agree trivially, so read PSNR t
 
 import os
 
-from common import REPO_ROOT, make_parser, markdown_table, print_header, setup, time_interleaved
+from common import REPO_ROOT, make_parser, markdown_table, print_header, run_benchmark, setup, time_interleaved
 
 # isort: split
 import math
@@ -135,4 +135,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_benchmark(main)

@@ -1,4 +1,6 @@
-"""Helpers shared by the benchmark scripts: arguments, interleaved median timing, markdown tables, header line.
+"""Helpers shared by the benchmark scripts: arguments, interleaved median timing, markdown tables, header line,
+the work folder and the entry point (:func:`run_benchmark`: a user error is one line on stderr, as in pdnsr's
+commands).
 
 Timing rule (one implementation for every script): warm every candidate up, then run them interleaved
 (A B A B ...) ``reps`` times and report the median of each. Interleaving matters on a shared machine: a burst of
@@ -23,6 +25,8 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import pdnsr  # noqa: E402,F401  (before basicsr: applies the compat patches and registers the archs)
+from pdnsr.cli import run_main  # noqa: E402
+from pdnsr.errors import UserError  # noqa: E402
 from pdnsr.utils.markdown import markdown_table  # noqa: E402  (the benchmarks' tables)
 
 
@@ -171,3 +175,24 @@ def images_in(folder):
     from pdnsr.data.image_files import scan_images
 
     return list(scan_images(folder).values())
+
+
+def make_workdir(workdir, default_name):
+    """The absolute path of ``--workdir`` (``workdir``; None: ``/tmp/<default_name>_<pid>``), made if missing.
+
+    Raises:
+        UserError: ``workdir`` exists and is not a folder.
+    """
+    path = os.path.abspath(workdir or os.path.join('/tmp', f'{default_name}_{os.getpid()}'))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f'--workdir {workdir} exists and is not a folder: pass a folder (made if missing)')
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def run_benchmark(main):
+    """The entry point of a benchmark script: ``main()``, then exit. As for pdnsr's commands
+    (:func:`pdnsr.cli.run_main`), a user error -- a bad option, a missing or corrupt file, unavailable CLIP weights
+    -- is one line on stderr naming it, exit status 2 (``PDNSR_DEBUG=1`` shows the traceback); a failed training run
+    prints its log's tail, exit status 1."""
+    raise SystemExit(run_main(main, os.path.basename(sys.argv[0])))

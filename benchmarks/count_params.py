@@ -21,7 +21,7 @@ Parameter targets (compact bank, x4 defaults): EDSR+ <= 4x EDSR, RCAN+ <= 1.6x R
 """
 
 from bench_networks import network_args, swinir_args
-from common import make_parser, print_header, print_table, setup, verdict
+from common import make_parser, print_header, print_table, run_benchmark, setup, verdict
 
 # isort: split
 import torch
@@ -192,4 +192,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_benchmark(main)

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from basicsr.metrics import calculate_psnr  # noqa: E402
 
 from pdnsr import options as opts  # noqa: E402
-from pdnsr.experiments.runs import progress_of, run_pipeline, train_all, weights_path  # noqa: E402
+from pdnsr.experiments.runs import progress_of, run_pipeline, train_all, validation_results, weights_path  # noqa: E402
 from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
 from pdnsr.utils.files import write_text  # noqa: E402
 from pdnsr.utils.markdown import markdown_table  # noqa: E402
@@ -92,9 +92,9 @@ def summary(log_path):
     with open(log_path, encoding='utf-8') as f:
         text = f.read()
     steps = [(p['time'], p['iter'], p['l_pix']) for p in map(progress_of, text.splitlines()) if p and 'l_pix' in p]
-    psnr = re.findall(r'# psnr: ([\d.]+)', text)
+    psnr = validation_results(text)
     step = (steps[-1][0] - steps[0][0]) / (steps[-1][1] - steps[0][1]) if len(steps) > 1 else None
-    return (step, steps[-1][2] if steps else None), (float(psnr[-1]) if psnr else None)
+    return (step, steps[-1][2] if steps else None), (psnr[-1][1] if psnr else None)
 
 
 def check_training(root, data, args, report):

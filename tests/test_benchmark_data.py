@@ -2,14 +2,18 @@
 image gets. The prompt-information experiment (pdnsr.experiments.prompt_information, bench_prompt_information.py)
 and bench_quality.py."""
 
+import ast
 import os
+import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import load_script
+from conftest import REPO_ROOT, load_script
 from pdnsr.data.image_files import UnreadableImage
 from pdnsr.data.prompt_store import PromptStore
 from pdnsr.experiments import prompt_information as pi
@@ -92,3 +96,39 @@ def test_a_truncated_source_image_is_refused_by_name(tmp_path):
     with pytest.raises(UnreadableImage, match=f'image {bad} is truncated'):
         bq.prepare_data(args, {'BSD68': sources['BSD68']}, {'Set5': sources['Set5']}, str(tmp_path / 'w2'))
     assert not list((tmp_path / 'w2').glob('*/done.json'))  # nothing counts as prepared
+
+
+@pytest.mark.parametrize('script', ['bench_prompt_information.py', 'bench_quality.py'])
+def test_a_bad_input_on_the_command_line_is_one_error_line(tmp_path, script):
+    # Through the real command, as a user runs it: a truncated source image and a --workdir that is a file each get
+    # one line on stderr naming them, exit status 2, no traceback, and no data counted as prepared.
+    source_folders(tmp_path / 'src', ('BSD68', 'SunHays80', 'Set5', 'Set14'), np.random.default_rng(0), 128)
+    bad = tmp_path / 'src' / 'SunHays80' / 'x.png'
+    bad.write_bytes(bad.read_bytes()[:200])
+    (tmp_path / 'a_file').write_text('not a folder')
+    cases = {
+        str(tmp_path / 'work'): f'image {bad} is truncated',
+        str(tmp_path / 'a_file'): '--workdir .* is not a folder',
+    }
+    for workdir, message in cases.items():
+        command = [sys.executable, str(REPO_ROOT / 'benchmarks' / script), '--quick', '--workdir', workdir]
+        command += ['--train-data', str(tmp_path / 'src'), '--bench-data', str(tmp_path / 'src')]
+        proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert 'Traceback' not in proc.stderr and re.fullmatch(f'{script}: error: .*{message}.*', lines[-1]), lines
+    assert not list((tmp_path / 'work').glob('**/done.json'))
+
+
+def test_every_benchmark_script_ends_in_run_benchmark():
+    # The one error rule of the test above, for every script: its __main__ block hands main to run_benchmark
+    # (router_mechanisms.py is a pdnsr/train.py launcher and ends in run_pipeline, which follows the same rule).
+    scripts = {}
+    for path in sorted((REPO_ROOT / 'benchmarks').glob('*.py')):
+        for node in ast.parse(path.read_text(encoding='utf-8')).body:
+            if isinstance(node, ast.If) and "__name__ == '__main__'" in ast.unparse(node.test):
+                scripts[path.name] = ast.unparse(node.body[-1])
+    assert len(scripts) == 15 and scripts.pop('router_mechanisms.py') == "sys.exit(run_pipeline('train'))"
+    assert {
+        name: call for name, call in scripts.items() if not re.fullmatch(r'(common\.)?run_benchmark\(main\)', call)
+    } == {}

@@ -75,6 +75,18 @@ def progress_of(line):
     return dict(fields, time=seconds, iter=int(it.replace(',', '')), eta=eta)
 
 
+def validation_results(log, metric='psnr'):
+    """``[(set name, value)]`` of one metric in basicsr's validation log lines, in order: a ``Validation <set>``
+    line, then a line per metric (``\t # psnr: 30.1234\tBest: 30.1234 @ 100 iter``; ``inf`` / ``nan`` read too)."""
+    results, current = [], None
+    for line in log.splitlines():
+        if 'Validation ' in line:
+            current = line.rsplit('Validation ', 1)[1].strip()
+        elif current is not None and (match := re.search(rf'# {re.escape(metric)}: (\S+)', line)):
+            results.append((current, float(match.group(1))))
+    return results
+
+
 def weights_path(root, name, which='latest'):
     """``<root>/experiments/<name>/models/net_g_<which>.pth``: where basicsr saves a run's weights."""
     return os.path.join(root, 'experiments', name, 'models', f'net_g_{which}.pth')
