@@ -36,7 +36,6 @@ from common import REPO_ROOT, images_in, make_parser, make_workdir, mean_std, pr
 import cv2
 import numpy as np
 import torch
-from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 
 from pdnsr import options as opts
@@ -44,7 +43,10 @@ from pdnsr import provenance
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import read_bgr
 from pdnsr.data.prompt_store import PromptStore
+from pdnsr.experiments.prompt_information import score
 from pdnsr.experiments.runs import hashed_name, run_pipeline, validation_results, weights_path
+from pdnsr.inference import load_network, super_resolve
+from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 from pdnsr.utils.files import fill_once
 
@@ -178,33 +180,21 @@ def train_options(args, name, net_type, seed, data):
     )
 
 
-def evaluate(args, net_opt, weights, bench):
-    """{set: (mean PSNR, mean SSIM)} of the trained weights on each benchmark set."""
-    from basicsr.archs import build_network
-
-    net = build_network(dict(net_opt))
-    net.load_state_dict(torch.load(weights, map_location='cpu')['params'])
-    net.eval()
-    plus = net_opt['type'].endswith('Plus')
+def evaluate(args, opt, weights, bench, workdir):
+    """{set: (mean PSNR, mean SSIM)} of run ``opt``'s final weights (``params``: no EMA) on each benchmark set, each
+    image whole through :func:`pdnsr.inference.super_resolve` with its first prompt."""
+    path = write_options(opt, os.path.join(workdir, f'{opt["name"]}_eval.yml'))
+    net, _, _ = load_network(path, weights, 'cpu', param_key='params')
     scores = {}
     for set_name, data in bench.items():
-        store = data['store']
-        psnrs, ssims = [], []
+        results = []
         for hr_path in images_in(data['hr']):
             key = os.path.splitext(os.path.basename(hr_path))[0]
-            hr = cv2.imread(hr_path)
             lr = cv2.imread(os.path.join(data['lr'], key + '.png'))
             lq = img2tensor(lr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True)[None]
-            with torch.no_grad():
-                if plus:
-                    prompt = torch.from_numpy(store.get(key)[0].copy())[None]
-                    out = net(lq, prompt)
-                else:
-                    out = net(lq)
-            sr = tensor2img(out)
-            psnrs.append(calculate_psnr(sr, hr, crop_border=args.scale, test_y_channel=True))
-            ssims.append(calculate_ssim(sr, hr, crop_border=args.scale, test_y_channel=True))
-        scores[set_name] = (float(np.mean(psnrs)), float(np.mean(ssims)))
+            prompt = torch.from_numpy(data['store'].get(key)[0].copy())[None]  # a baseline ignores it
+            results.append(score(tensor2img(super_resolve(net, lq, prompt)), cv2.imread(hr_path), args.scale))
+        scores[set_name] = tuple(float(v) for v in np.mean(results, axis=0))
     return scores
 
 
@@ -346,7 +336,7 @@ def main():
             t1, future = futures[run]
             weights = future.result()
             net_type, seed = run
-            scores[run] = evaluate(args, run_opts[run]['network_g'], weights, bench)
+            scores[run] = evaluate(args, run_opts[run], weights, bench, workdir)
             curves[run] = validation_curve(os.path.join(workdir, f'{run_opts[run]["name"]}_train.log'), args)
             print(
                 f'  trained and evaluated {net_type} seed {seed} in {time.time() - t1:.0f} s: '

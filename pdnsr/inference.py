@@ -108,10 +108,11 @@ def load_weights(net, weights_path):
     return used
 
 
-def load_network(opt_path, weights_path, device=None):
+def load_network(opt_path, weights_path, device=None, param_key=None):
     """(network, device, record): the network of ``opt_path``'s ``network_g`` with the weights of ``weights_path``,
     in eval mode on ``device`` (:func:`resolve_device`), and the checkpoint's record of its prompts
-    (:mod:`pdnsr.provenance`; None for an older or a basicsr checkpoint).
+    (:mod:`pdnsr.provenance`; None for an older or a basicsr checkpoint). ``param_key``: the weights to take,
+    ``'params'`` or ``'params_ema'`` (None: ``params_ema`` if saved, else ``params``, else a bare state dict).
 
     The DCM bank is read from the checkpoint: a compact-bank file (``scripts/convert_dcm_bank.py``) loads with the
     option file the model was trained with.
@@ -119,7 +120,7 @@ def load_network(opt_path, weights_path, device=None):
     device = resolve_device(device) if device is None or isinstance(device, str) else device
     opt_net = read_network_options(opt_path)
     checkpoint = read_checkpoint(weights_path)
-    state, used = state_dict_of(checkpoint, weights_path)
+    state, used = state_dict_of(checkpoint, weights_path, param_key)
     if dcm_layout_of(state)['bank'] == 'compact' and type_takes_prompt(opt_net['type']):
         opt_net['dcm'] = {**(opt_net.get('dcm') or {}), 'bank': 'compact'}
     net = build_network_from_options(opt_path, opt_net)

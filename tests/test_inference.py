@@ -18,6 +18,7 @@ from pdnsr.infer_cli import main
 from pdnsr.inference import (
     build_network_from_options,
     image_to_tensor,
+    load_network,
     load_weights,
     super_resolve,
     tensor_to_bgr,
@@ -136,6 +137,19 @@ def test_load_weights_prefers_ema_and_strips_module_prefix(tmp_path, models):
     torch.save({f'module.{k}': v for k, v in ref.items()}, bare)
     assert load_weights(net, bare) == 'state_dict'
     torch.testing.assert_close(net.state_dict(), ref)
+
+
+def test_load_network_takes_the_weights_asked_for(tmp_path, models):
+    # A checkpoint whose EMA and final weights differ (bench_quality.py scores the final ones: param_key='params').
+    opt, weights = models['rdn']
+    ckpt = torch.load(weights, map_location='cpu', weights_only=True)
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt['params'].items()}
+    both = tmp_path / 'both.pth'
+    torch.save({'params': ckpt['params'], 'params_ema': ema}, both)
+    for key, want in ((None, ema), ('params_ema', ema), ('params', ckpt['params'])):
+        torch.testing.assert_close(load_network(opt, both, 'cpu', param_key=key)[0].state_dict(), want)
+    with pytest.raises(ValueError, match=f'weights file {both} has neither params_x'):
+        load_network(opt, both, 'cpu', param_key='params_x')
 
 
 def test_bad_weights_name_the_first_mismatching_key(tmp_path, models, capsys):
