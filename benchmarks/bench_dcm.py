@@ -13,17 +13,8 @@ Default sizes: c = 64, 48 x 48, d = 512, k = 3, n = 4 basis kernels, at batch 4 
     .venv/bin/python benchmarks/bench_dcm.py [--device cpu|cuda] [--quick] [--profile] [--batches 4,16]
 """
 
-from common import (
-    make_parser,
-    min_ratio,
-    paired_ratio,
-    print_header,
-    print_table,
-    run_benchmark,
-    setup,
-    time_interleaved,
-    verdict,
-)
+import common
+from common import make_parser, min_ratio, paired_ratio, print_header, print_table, setup, time_interleaved, verdict
 
 # isort: split
 import torch
@@ -200,4 +191,4 @@ def main():
 
 
 if __name__ == '__main__':
-    run_benchmark(main)
+    common.run_benchmark(main)

@@ -8,17 +8,8 @@ both, interleaved. RCAN+ is left out: its DCMs sit inside the residual groups un
     .venv/bin/python benchmarks/bench_placement.py --threads 1 [--quick] [--reps 5]
 """
 
-from common import (
-    fwd_bwd,
-    make_parser,
-    min_ratio,
-    paired_ratio,
-    print_header,
-    print_table,
-    run_benchmark,
-    setup,
-    time_interleaved,
-)
+import common
+from common import fwd_bwd, make_parser, min_ratio, paired_ratio, print_header, print_table, setup, time_interleaved
 
 # isort: split
 import torch
@@ -105,4 +96,4 @@ def main():
 
 
 if __name__ == '__main__':
-    run_benchmark(main)
+    common.run_benchmark(main)
