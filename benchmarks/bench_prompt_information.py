@@ -170,8 +170,7 @@ def main():
         f'x{base.scale}, {base.num_block} blocks, {base.num_feat} feat, {base.iters} iterations, batch {base.batch}, '
         f'seeds {args.seeds}',
     )
-    loaded = load_data(args, base)
-    if loaded is None:
+    if (loaded := load_data(args, base)) is None:  # the data is missing: said, and skipped
         return
     data, workdir = loaded
     recipe_of = {'baseline': (base, 'baseline'), **{label: (r, 'plus') for label, r in recipes.items()}}

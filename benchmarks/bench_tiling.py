@@ -26,7 +26,7 @@ import torch
 from basicsr.archs import build_network
 
 from pdnsr.inference import image_to_tensor, read_rgb, super_resolve
-from pdnsr.utils.sample_data import bicubic_lr
+from pdnsr.utils.sample_data import bicubic_resize
 
 SET14 = REPO_ROOT.parent / 'shared' / 'data' / 'benchmarks' / 'Set14'
 
@@ -59,7 +59,7 @@ def load_crops(names, crop, scale):
             continue
         hr = read_rgb(str(path))
         hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
-        lr = bicubic_lr(np.ascontiguousarray(hr), scale)
+        lr = bicubic_resize(np.ascontiguousarray(hr), 1 / scale)
         top, left = max(0, (lr.shape[0] - crop) // 2), max(0, (lr.shape[1] - crop) // 2)
         crops[name] = image_to_tensor(lr[top : top + crop, left : left + crop], 'cpu')
     return crops

@@ -18,9 +18,8 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
-from basicsr.utils.matlab_functions import imresize
 
-from pdnsr.cli import add_clip_arguments, run_main
+from pdnsr.cli import add_clip_arguments, check_output_folder, run_main
 from pdnsr.data.captioned_degradations import get_degradations
 from pdnsr.data.image_files import write_image
 from pdnsr.errors import UserError
@@ -30,7 +29,7 @@ from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS
 from pdnsr.utils.files import write_text
 from pdnsr.utils.markdown import markdown_table
-from pdnsr.utils.sample_data import sample_photos
+from pdnsr.utils.sample_data import bicubic_resize, sample_photos
 from pdnsr.utils.visualization import labelled_grid, overlay_heatmap
 
 HOLDOUT = 'chelsea'  # the cat: no other photo shows an animal, so nothing of it is seen in training
@@ -38,13 +37,9 @@ SCALE = 2
 DEGRADATIONS = get_degradations('blur')  # sharp (sigma 0.4) and blurry (sigma 2.0), captions naming them
 RECIPES = {'default': pi.DEMO, 'quick': pi.DEMO_QUICK}  # timed on a 2-core CPU (docs/demo.md)
 LABELS = {'baseline': 'EDSR', 'plus': 'EDSR+'}
-# The rows of the table and the panels of comparison.png: (key, label).
-METHODS = (
-    ('bicubic', 'bicubic'),
-    ('baseline', 'EDSR (no prompt)'),
-    ('right', 'EDSR+ right caption'),
-    ('swapped', 'EDSR+ wrong caption'),
-)
+# The rows of the table and the panels of comparison.png: {key: label}.
+METHODS = {'bicubic': 'bicubic', 'baseline': 'EDSR (no prompt)', 'right': 'EDSR+ right caption',
+           'swapped': 'EDSR+ wrong caption'}  # fmt: skip
 FILE_TAG = {'baseline': 'baseline', 'right': 'right', 'swapped': 'wrong'}  # in file names and picture labels
 CROP, ZOOM = 128, 2  # comparison.png: a CROP px window shown ZOOM times larger
 
@@ -64,7 +59,7 @@ def build_parser(prog='pdnsr-demo'):
     return parser
 
 
-def banner(random_clip, clip_model, clip_pretrained):
+def banner(clip_model, clip_pretrained):
     """The lines printed first and repeated under the table: what the captions carry in this run."""
     kinds = '; '.join(f'"{d.caption}" = {d.describe()}' for d in DEGRADATIONS)
     lines = [
@@ -72,7 +67,7 @@ def banner(random_clip, clip_model, clip_pretrained):
         f'caption names the blur, not the content ({kinds}).',
         'EDSR+ reads the caption; EDSR sees only the image and has to guess how much to sharpen.',
     ]
-    if not random_clip:
+    if clip_pretrained not in RANDOM_TAGS:
         return lines + [f'CLIP ({clip_model}) runs with pretrained weights {clip_pretrained!r}.']
     return lines + [
         f'CLIP ({clip_model}) runs with RANDOM weights (--clip-pretrained none, the default): each caption is a',
@@ -92,11 +87,6 @@ def _summarise(line, total):
     return text if eta.startswith('-') else f'{text}  eta {eta}'  # basicsr's eta at the end reads "-1 day, ..."
 
 
-def bicubic_up(lr_bgr):
-    """MATLAB-style bicubic upscaling (basicsr's ``imresize``) of a uint8 image."""
-    return np.clip(np.rint(imresize(lr_bgr.astype(np.float32) / 255.0, SCALE) * 255.0), 0, 255).astype(np.uint8)
-
-
 def worst_window(bicubic, hr, size):
     """(top, left) of the ``size`` x ``size`` window where bicubic errs most: where SR has the most to recover."""
     sat = np.pad(np.abs(bicubic.astype(np.float32) - hr).mean(axis=2).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
@@ -114,7 +104,7 @@ def comparison_picture(images, scores, window):
         crop = images[deg][key][top : top + size, left : left + size]
         return label, cv2.resize(crop, None, fx=ZOOM, fy=ZOOM, interpolation=cv2.INTER_NEAREST)
 
-    return labelled_grid([[panel(d.name, *m) for m in (*METHODS, ('hr', 'HR'))] for d in DEGRADATIONS])
+    return labelled_grid([[panel(d.name, *m) for m in (*METHODS.items(), ('hr', 'HR'))] for d in DEGRADATIONS])
 
 
 def attention_picture(images, diag, out):
@@ -143,7 +133,7 @@ def results_table(scores, caption):
     head = [h for d in DEGRADATIONS for h in (f'{d.name} (σ {d.sigma:g}) PSNR', 'SSIM')]
     # PSNR with 2 decimals, SSIM with 4
     rows = [[title, *(f'{v:.{n}f}' for d in DEGRADATIONS for v, n in zip(scores[d.name][key], (2, 4)))]
-            for key, title in METHODS]  # fmt: skip
+            for key, title in METHODS.items()]  # fmt: skip
     return markdown_table(['method', *head], rows, right=range(1, len(head) + 1)) + '\n\n' + caption
 
 
@@ -156,11 +146,9 @@ def run(args):
     recipe = replace(recipe, iters=args.iters) if args.iters is not None else recipe
     if recipe.iters < 1:
         raise UserError(f'--iters must be a positive number of iterations, got {recipe.iters}')
+    check_output_folder(args.output)
     out = os.path.abspath(args.output)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f'--output {args.output} exists and is not a folder')
-    random_clip = args.clip_pretrained in RANDOM_TAGS
-    notice = banner(random_clip, args.clip_model, args.clip_pretrained)
+    notice = banner(args.clip_model, args.clip_pretrained)
     print('\n'.join(notice))
     os.makedirs(out, exist_ok=True)  # runs start fresh; anything else in the output folder is left alone
     for sub in ('data', 'options', 'experiments/demo_baseline', 'experiments/demo_plus'):
@@ -206,7 +194,8 @@ def run(args):
             scores[deg.name].update({mode: v[0] for mode, v in res['scores'][HOLDOUT][deg.name].items()})
     for deg in DEGRADATIONS:
         imgs = images[deg.name]
-        imgs['bicubic'] = bicubic_up(cv2.imread(os.path.join(data['tests'][HOLDOUT, deg.name][1], f'{HOLDOUT}.png')))
+        lr = cv2.imread(os.path.join(data['tests'][HOLDOUT, deg.name][1], f'{HOLDOUT}.png'))
+        imgs['bicubic'] = bicubic_resize(lr, SCALE)
         scores[deg.name]['bicubic'] = pi.score(imgs['bicubic'], imgs['hr'], SCALE)
         for key, tag in FILE_TAG.items():
             write_image(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{tag}.png'), imgs[key])

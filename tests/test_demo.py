@@ -39,7 +39,7 @@ def test_quick_demo_end_to_end(tmp_path):
     # One row per method, PSNR and SSIM for each blur.
     number = r' \| (\d+\.\d{2}) \| (\d\.\d{4})'
     rows = {}
-    for key, title in demo.METHODS:
+    for key, title in demo.METHODS.items():
         match = re.search(f'^\\| {re.escape(title)}{number * len(demo.DEGRADATIONS)} \\|$', log, re.MULTILINE)
         assert match, f'no table row for {title}:\n{log[-2500:]}'
         rows[key] = tuple(float(v) for v in match.groups())

@@ -1,14 +1,11 @@
 """Prompts that carry information: the captioned-degradation experiment of the demo and the benchmark.
 
-Each LR image is made with one of K known degradations (:mod:`pdnsr.data.captioned_degradations`: a Gaussian blur
-of sigma 0.4 or 2.0 before MATLAB bicubic, by default) and its caption names the degradation ("a sharp photo" / "a
-blurry photo"): information the LR image hides. A baseline and its "+" twin train with one recipe through the real
-stack -- :class:`PromptEncoder` -> :func:`build_prompt_store` -> ``PromptPairedImageDataset`` -> ``PDNModel`` in
-``pdnsr/train.py`` subprocesses (:mod:`pdnsr.experiments.runs`) -- and the "+" network is scored with the right
-caption, the swapped one and a zero prompt, through the same dataset class and :func:`pdnsr.inference.super_resolve`.
-
-The demo (``pdnsr/demo.py``) is its small preset on scikit-image's photos; ``benchmarks/bench_prompt_information.py``
-its full preset on BSD68 + SunHays80 (training) and Set5 / Set14 (testing), with DCM variants for ablations.
+Each LR image is made with one of K known degradations (:mod:`pdnsr.data.captioned_degradations`; by default a
+Gaussian blur of sigma 0.4 or 2.0 before MATLAB bicubic) and its caption names it ("a sharp photo" / "a blurry
+photo"): information the LR image hides. A baseline and its "+" twin train with one recipe in ``pdnsr/train.py``
+subprocesses (:mod:`pdnsr.experiments.runs`); the "+" network is scored with the right caption, the swapped one and
+a zero prompt, read by ``PromptPairedImageDataset`` and run by :func:`pdnsr.inference.super_resolve`. The demo
+(``pdnsr/demo.py``) is its small preset, ``benchmarks/bench_prompt_information.py`` its full one.
 """
 
 import os
@@ -106,14 +103,10 @@ def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrain
     """Write the training pairs (one degradation per tile) and every test image under every degradation, with
     their prompt stores; a folder finished before (``done.json``) is reused.
 
-    Args:
-        train_images (dict[str, np.ndarray]): name -> HR image (H, W, 3) uint8 BGR.
-        test_sets (dict[str, dict[str, np.ndarray]]): set name -> {key: HR image}.
-        data_dir (str): where the data goes.
-        clip_model, clip_pretrained (str): the CLIP encoder of the captions (random weights, seeded with ``seed``,
-            for a tag of ``RANDOM_TAGS``); its stores are named after the model and the weights, so that another
-            encoder never reuses them (nor, through the store paths in the option dicts, the runs trained on them).
-        seed (int): of the degradation assignment and of random CLIP weights.
+    ``train_images`` is {name: HR image (H, W, 3) uint8 BGR}, ``test_sets`` {set: {key: HR image}}. CLIP
+    ``clip_model`` / ``clip_pretrained`` encodes the captions (random weights seeded with ``seed`` for a tag of
+    ``RANDOM_TAGS``; ``seed`` also draws each tile's degradation). The stores are named after the encoder, so that
+    another encoder never reuses them, nor (through the store paths in the option dicts) the runs trained on them.
 
     Returns:
         dict: ``train`` (hr, lr, prompts, assignment) and ``tests`` {(set, degradation name): (hr, lr, right,

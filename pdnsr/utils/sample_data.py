@@ -58,10 +58,11 @@ def sample_photos():
     return photos
 
 
-def bicubic_lr(img, scale):
-    """MATLAB-compatible bicubic downscaling (basicsr's ``imresize``) of a uint8 image, rounded back to uint8."""
-    lr = imresize(img.astype(np.float32) / 255.0, 1 / scale)
-    return np.clip(np.rint(lr * 255.0), 0, 255).astype(np.uint8)
+def bicubic_resize(img, factor):
+    """MATLAB-compatible bicubic resizing (basicsr's ``imresize``) of a uint8 image by ``factor`` (< 1: down),
+    rounded back to uint8."""
+    out = imresize(img.astype(np.float32) / 255.0, factor)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
 def write_pairs(photos, out_dir, scale, crop=None):
@@ -78,7 +79,7 @@ def write_pairs(photos, out_dir, scale, crop=None):
         h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
         hr = np.ascontiguousarray(img[:h, :w, ::-1])  # RGB -> BGR for OpenCV
         cv2.imwrite(os.path.join(hr_dir, f'{key}.png'), hr)
-        cv2.imwrite(os.path.join(lr_dir, f'{key}.png'), bicubic_lr(hr, scale))
+        cv2.imwrite(os.path.join(lr_dir, f'{key}.png'), bicubic_resize(hr, 1 / scale))
     return hr_dir, lr_dir
 
 
