@@ -70,6 +70,7 @@ def parse_args(argv=None):
     if args.quick:
         args.iters, args.seeds, args.num_block, args.num_feat, args.batch, args.gt_size = 4, [0], 1, 8, 2, 32
         args.limit, args.tile = 2, 96
+    args.recipe = pi.Recipe(**{n: getattr(args, n) for n in ('network', 'degradations', *RECIPE_ARGS)})
     return args
 
 
@@ -93,9 +94,10 @@ def _evaluate(job):
     return pi.evaluate(*job)
 
 
-def load_data(args, base):
-    """The experiment's data in ``args.workdir`` (prepared there once, then reused), with what it is printed:
+def load_data(args):
+    """The data of ``args.recipe`` in ``args.workdir`` (prepared there once, then reused), with what it is printed:
     ``(pi.prepare's dict, workdir)``, or None when the source images are missing."""
+    base = args.recipe
     sources = {n: os.path.join(args.train_data, n) for n in TRAIN_SETS}
     sets = {n: os.path.join(args.bench_data, n) for n in TEST_SETS}
     missing = [p for p in (*sources.values(), *sets.values()) if not os.path.isdir(p)]
@@ -161,7 +163,7 @@ def main():
     args = parse_args()
     if setup(args).type != 'cpu':
         raise SystemExit('bench_prompt_information.py trains on the CPU through pdnsr/train.py; use --device cpu')
-    base = pi.Recipe(network=args.network, degradations=args.degradations, **{n: getattr(args, n) for n in RECIPE_ARGS})
+    base = args.recipe  # the baseline's, and the "+" networks' but for network_g.dcm
     recipes = plus_recipes(args, base)
     baseline, plus = pi.NETWORK_PAIRS[args.network]
     print_header(
@@ -170,7 +172,7 @@ def main():
         f'x{base.scale}, {base.num_block} blocks, {base.num_feat} feat, {base.iters} iterations, batch {base.batch}, '
         f'seeds {args.seeds}',
     )
-    if (loaded := load_data(args, base)) is None:  # the data is missing: said, and skipped
+    if (loaded := load_data(args)) is None:  # the data is missing: said, and skipped
         return
     data, workdir = loaded
     recipe_of = {'baseline': (base, 'baseline'), **{label: (r, 'plus') for label, r in recipes.items()}}

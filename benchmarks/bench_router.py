@@ -76,8 +76,8 @@ def at_initialisation(args):
 def train_mechanisms(args):
     argv = ['--variants', 'router-only', '--seeds', *map(str, args.train_seeds), '--jobs', str(args.jobs)]
     bargs = bpi.parse_args(argv + ['--workdir', args.workdir] * bool(args.workdir) + ['--quick'] * args.quick)
-    base = pi.Recipe(degradations=bargs.degradations, **{n: getattr(bargs, n) for n in bpi.RECIPE_ARGS})
-    loaded = bpi.load_data(bargs, base)
+    base = bargs.recipe
+    loaded = bpi.load_data(bargs)
     if loaded is None:
         return
     data, workdir = loaded

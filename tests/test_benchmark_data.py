@@ -53,8 +53,7 @@ def test_benchmark_data_is_keyed_on_its_sources(tmp_path):
     for root in ('a', 'b', 'a'):
         args = bpi.parse_args(['--quick', '--workdir', str(tmp_path / 'work'), '--train-data', str(tmp_path / root),
                                '--bench-data', str(tmp_path / root)])  # fmt: skip
-        base = pi.Recipe(degradations=args.degradations, **{n: getattr(args, n) for n in bpi.RECIPE_ARGS})
-        data, _ = bpi.load_data(args, base)
+        data, _ = bpi.load_data(args)
         runs.setdefault(root, []).append(data['train']['hr'])
     assert runs['a'][0] == runs['a'][1] != runs['b'][0]  # the same sources reuse their folder; others get their own
 
@@ -89,9 +88,8 @@ def test_a_truncated_source_image_is_refused_by_name(tmp_path):
     bad.write_bytes(bad.read_bytes()[:200])  # cut short: its PNG data stops before the IEND chunk
     args = bpi.parse_args(['--quick', '--workdir', str(tmp_path / 'w1'), '--train-data', str(tmp_path / 'src'),
                            '--bench-data', str(tmp_path / 'src')])  # fmt: skip
-    base = pi.Recipe(degradations=args.degradations, **{n: getattr(args, n) for n in bpi.RECIPE_ARGS})
     with pytest.raises(UnreadableImage, match=f'image {bad} is truncated'):
-        bpi.load_data(args, base)
+        bpi.load_data(args)
     args = SimpleNamespace(quick=True, crop=128, scale=2, sigma=0.0, clip_pretrained='none', val_sets=['Set5'])
     with pytest.raises(UnreadableImage, match=f'image {bad} is truncated'):
         bq.prepare_data(args, {'BSD68': sources['BSD68']}, {'Set5': sources['Set5']}, str(tmp_path / 'w2'))
