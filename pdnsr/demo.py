@@ -194,8 +194,7 @@ def run(args):
             scores[deg.name].update({mode: v[0] for mode, v in res['scores'][HOLDOUT][deg.name].items()})
     for deg in DEGRADATIONS:
         imgs = images[deg.name]
-        lr = cv2.imread(os.path.join(data['tests'][HOLDOUT, deg.name][1], f'{HOLDOUT}.png'))
-        imgs['bicubic'] = bicubic_resize(lr, SCALE)
+        imgs['bicubic'] = bicubic_resize(imgs['lr'], SCALE)
         scores[deg.name]['bicubic'] = pi.score(imgs['bicubic'], imgs['hr'], SCALE)
         for key, tag in FILE_TAG.items():
             write_image(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{tag}.png'), imgs[key])

@@ -27,6 +27,7 @@ from pdnsr.experiments.runs import hashed_name
 from pdnsr.inference import load_network, super_resolve
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
+from pdnsr.utils import sample_data
 from pdnsr.utils.files import fill_once
 
 # --network NAME -> (baseline type, "+" type); both take the recipe's num_feat and num_block.
@@ -75,9 +76,7 @@ DEMO_QUICK = replace(DEMO, num_feat=16, num_block=2, gt_size=32, batch=4, iters=
 def tiles(img, size, centre_crop=None):
     """Non-overlapping ``size`` x ``size`` tiles of ``img`` in row order (the whole image if it is smaller), after
     an optional centre crop to ``centre_crop``."""
-    if centre_crop:
-        top, left = (max(0, (side - centre_crop) // 2) for side in img.shape[:2])
-        img = img[top : top + centre_crop, left : left + centre_crop]
+    img = sample_data.centre_crop(img, centre_crop) if centre_crop else img
     if min(img.shape[:2]) < size:
         return [img]
     rows, cols = (range(0, side - size + 1, size) for side in img.shape[:2])
@@ -199,8 +198,8 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
         "+" network, ``baseline`` otherwise); for a "+" network ``diag[degradation]``: the router weights ``pi``
         under the right and the swapped caption (per DCM), and per mode the mean mask, its saturated share, and the
         mean |mask(right) - mask(swapped)| (per DCM); ``temperature``, ``zeta``. With ``keep_images``, of the last
-        image of each set, ``images[set][degradation]``: {mode: uint8 BGR SR image, 'hr': HR image, 'masks': {mode:
-        {dcm: (1, 1, h, w) mask}}}.
+        image of each set, ``images[set][degradation]``: {mode: uint8 BGR SR image, 'hr' / 'lr': HR / LR image, 'masks':
+        {mode: {dcm: (1, 1, h, w) mask}}}.
     """
     net, _, record = load_network(opt_path, weights, 'cpu')
     if prompted:  # the test prompts must come from the embedding space the model was trained in
@@ -228,7 +227,8 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
                 srs[mode] = tensor2img(sr)
                 cell.setdefault(mode, []).append(score(srs[mode], gt, scale))
             if keep_images:  # the last image's are the ones left
-                out.setdefault('images', {}).setdefault(set_name, {})[deg_name] = dict(srs, hr=gt, masks=masks)
+                kept = dict(srs, hr=gt, lr=tensor2img(item['lq']), masks=masks)
+                out.setdefault('images', {}).setdefault(set_name, {})[deg_name] = kept
             if prompted and masks['right']:  # DCMs built without attention have no mask
                 for key, stat in MASK_STATS.items():
                     for mode, m in masks.items():

@@ -65,6 +65,12 @@ def bicubic_resize(img, factor):
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
+def centre_crop(img, size):
+    """The central ``size`` x ``size`` window of ``img`` (H, W, ...); an edge shorter than ``size`` is kept whole."""
+    top, left = (max(0, (side - size) // 2) for side in img.shape[:2])
+    return img[top : top + size, left : left + size]
+
+
 def write_pairs(photos, out_dir, scale, crop=None):
     """Write ``HR/<key>.png`` (mod-cropped to ``scale``; centre-cropped to ``crop`` pixels if given) and
     ``LRx<scale>/<key>.png`` for ``{key: RGB uint8}``. Returns ``(hr_dir, lr_dir)``."""
@@ -73,9 +79,7 @@ def write_pairs(photos, out_dir, scale, crop=None):
     os.makedirs(hr_dir, exist_ok=True)
     os.makedirs(lr_dir, exist_ok=True)
     for key, img in photos.items():
-        if crop is not None:
-            top, left = max(0, (img.shape[0] - crop) // 2), max(0, (img.shape[1] - crop) // 2)
-            img = img[top : top + crop, left : left + crop]
+        img = img if crop is None else centre_crop(img, crop)
         h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
         hr = np.ascontiguousarray(img[:h, :w, ::-1])  # RGB -> BGR for OpenCV
         cv2.imwrite(os.path.join(hr_dir, f'{key}.png'), hr)
