@@ -163,7 +163,7 @@ def main():
         rows += r
         part_rows += p
         grouped_rows += g
-        print(f'  measured batch {batch}', flush=True)
+        print(f'  measured batch {batch}')
     print()
     print_table(['batch', 'variant', 'median ms', '÷ plain conv (per-round)', 'min ÷ min', 'target'], rows)
     print('### Compact DCM by part (each forward + backward on its own; ratios are medians of per-round ratios)\n')

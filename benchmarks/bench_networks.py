@@ -132,7 +132,7 @@ def main():
                     verdict(ratio, target, quick=args.quick) if target else 'no target',
                 ]
             )
-        print(f'  measured {label}', flush=True)
+        print(f'  measured {label}')
         del base, steps
     print()
     print_table(

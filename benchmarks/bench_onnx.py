@@ -143,7 +143,7 @@ def main():
                         common.verdict(ratio, TARGET, quick=args.quick),
                     ]
                 )
-            print(f'  measured {label}', flush=True)
+            print(f'  measured {label}')
     print()
     common.print_table(
         [

@@ -78,7 +78,7 @@ def main():
                 f'{min_ratio(sp, sh):.3f}',
             ]
         )
-        print(f'  measured {label}', flush=True)
+        print(f'  measured {label}')
     print()
     print_table(
         [

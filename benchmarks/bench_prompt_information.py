@@ -66,10 +66,9 @@ def parse_args(argv=None):
     parser.add_argument('--bench-data', default=str(SHARED / 'benchmarks'))
     parser.add_argument('--workdir', default=None, help='data, stores, runs (default a new folder under /tmp)')
     args = parser.parse_args(argv)
-    args.limit = None
     if args.quick:
-        args.iters, args.seeds, args.num_block, args.num_feat, args.batch, args.gt_size = 4, [0], 1, 8, 2, 32
-        args.limit, args.tile = 2, 96
+        vars(args).update(iters=4, seeds=[0], num_block=1, num_feat=8, batch=2, gt_size=32, tile=96)
+    args.limit = 2 if args.quick else None  # images per source folder
     args.recipe = pi.Recipe(**{n: getattr(args, n) for n in ('network', 'degradations', *RECIPE_ARGS)})
     return args
 
@@ -87,11 +86,11 @@ def plus_recipes(args, base):
 
 
 def _evaluate(job):
-    patch, job = job
+    (opt, weights, prompted, patch), path, tests, scale = job
     torch.set_num_threads(1)
     if patch is not None:  # a function and its argument, applied in the worker first (bench_router.py --train)
         patch[0](patch[1])
-    return pi.evaluate(*job)
+    return pi.evaluate(write_options(opt, path), weights, tests, scale, prompted)
 
 
 def load_data(args):
@@ -128,7 +127,6 @@ def load_data(args):
         f'{", ".join(sets)} under every degradation; temperature 34 -> 1, -3 every '
         f'{pi.temperature_every(base, n_train)} epoch(s) of {max(1, n_train // base.batch)} iterations; prepared in '
         f'{time.time() - t0:.0f} s; workdir {workdir}\n',
-        flush=True,
     )
     return data, workdir
 
@@ -140,22 +138,17 @@ def evaluate_all(runs, data, scale, workdir, jobs):
     test_hash = hashlib.sha1(json.dumps(sorted(data['tests'].items())).encode()).hexdigest()[:8]
     cache = {run: Path(workdir, f'eval_{opt["name"]}_{test_hash}.json') for run, (opt, *_) in runs.items()}
     todo = [run for run in runs if not cache[run].exists()]
-    work = []
-    for run in todo:
-        opt, weights, prompted, patch = runs[run]
-        path = write_options(opt, os.path.join(workdir, f'{opt["name"]}_eval.yml'))
-        work.append((patch, (path, weights, data['tests'], scale, prompted)))
+    work = [(runs[r], os.path.join(workdir, f'{runs[r][0]["name"]}_eval.yml'), data['tests'], scale) for r in todo]
     t1 = time.time()
     with ProcessPoolExecutor(max_workers=jobs, max_tasks_per_child=1) as pool:  # a fresh process per evaluation
         for run, result in zip(todo, pool.map(_evaluate, work)):
             write_text(cache[run], json.dumps(result))  # a cache file that exists is complete
-    print(f'  evaluated {len(todo)} runs in {time.time() - t1:.0f} s ({len(runs) - len(todo)} reused)\n', flush=True)
+    print(f'  evaluated {len(todo)} runs in {time.time() - t1:.0f} s ({len(runs) - len(todo)} reused)\n')
     return {run: json.loads(cache[run].read_text(encoding='utf-8')) for run in runs}
 
 
 def print_done(name, seconds):  # one write per line: runs finish in threads
     sys.stdout.write(f'  {name}: ' + (f'trained in {seconds:.0f} s\n' if seconds else 'reused from the workdir\n'))
-    sys.stdout.flush()
 
 
 def main():
@@ -220,7 +213,7 @@ def print_tables(args, results, recipes, degs, baseline):
     print(
         f'PSNR (dB) / SSIM on Y, crop 2, final weights; mean ± std over seeds {args.seeds}; per degradation and all\n'
     )
-    overall = {label: [] for label in recipes}  # (diff, cell) of right − baseline and right − swapped per set
+    every = {}  # (label, set, degradation or 'all') -> per key, the PSNR of each seed
     for label in recipes:
         keys, rows = [base, *((label, m) for m in pi.PLUS_MODES)], []
         for set_name, (group, ds) in itertools.product(TEST_SETS, [*((d, [d]) for d in degs), ('all', degs)]):
@@ -228,16 +221,17 @@ def print_tables(args, results, recipes, degs, baseline):
             cells = [f'{mean_std(v, 2)} / {mean_std(psnr(k, set_name, ds, 1), 4)}' for k, v in zip(keys, p)]
             diffs = [paired(p[1], p[0]), paired(p[1], p[2])]
             rows.append([set_name, group, *cells, *(cell for _, cell in diffs)])
-            overall[label] += diffs if group == 'all' else []
+            every[label, set_name, group] = p
         heads = [baseline, *(f'{label}: {m}' for m in pi.PLUS_MODES), 'right − baseline (seeds > 0)', 'right − swapped']
         print_table(['set', 'degradation', *heads], rows)
 
     print('Per seed, PSNR (dB) over all test images\n')
-    rows = []
-    for label, set_name in itertools.product(recipes, TEST_SETS):
-        cols = [psnr(k, set_name) for k in [base, *((label, m) for m in pi.PLUS_MODES)]]
-        for seed, v in zip(seeds, zip(*cols)):
-            rows.append([label, set_name, seed, *(f'{x:.2f}' for x in v), f'{v[1] - v[0]:+.2f}', f'{v[1] - v[2]:+.2f}'])
+    rows = [
+        [label, set_name, seed, *(f'{x:.2f}' for x in v), f'{v[1] - v[0]:+.2f}', f'{v[1] - v[2]:+.2f}']
+        for (label, set_name, group), p in every.items()
+        if group == 'all'
+        for seed, v in zip(seeds, zip(*p))
+    ]
     heads = [baseline, 'right', 'swapped', 'zero', 'right − base', 'right − swapped']
     print_table(['"+" network', 'set', 'seed', *heads], rows)
 
@@ -260,9 +254,10 @@ def print_tables(args, results, recipes, degs, baseline):
         f'full with the scaled router)\n'
     )
     rows = []
-    for label, recipe in recipes.items():
-        row = [label, *(cell for _, cell in overall[label])]
-        missed = {'dB'} if any(mean(d) < t or min(d) <= 0 for (d, _), t in zip(overall[label], TARGETS * 2)) else set()
+    for label, recipe in recipes.items():  # right − baseline and right − swapped on each set
+        overall = [paired(p[1], p[j]) for p in (every[label, s, 'all'] for s in TEST_SETS) for j in (0, 2)]
+        row = [label, *(cell for _, cell in overall)]
+        missed = {'dB'} if any(mean(d) < t or min(d) <= 0 for (d, _), t in zip(overall, TARGETS * 2)) else set()
         routed = recipe.dcm.get('use_dynamic', True)  # attention-only DCMs have one fixed kernel, no router
         spread = [pi.router_spread(results[label, s]['diag']) for s in seeds] if routed else []
         wanted = spread and (not recipe.dcm.get('use_attention', True) or recipe.dcm.get('router') == 'scaled')

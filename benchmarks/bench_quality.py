@@ -317,7 +317,6 @@ def main():
     print(
         f'data: {data["n_images"]} training images -> {data["n_sub"]} HR sub-images; prompts: image (flipped LR '
         f'view), CLIP ViT-B-32 {data["clip_tag"]} weights; prepared in {time.time() - t0:.0f} s; workdir {workdir}\n',
-        flush=True,
     )
     bench = data['test']
 
@@ -341,7 +340,6 @@ def main():
             print(
                 f'  trained and evaluated {net_type} seed {seed} in {time.time() - t1:.0f} s: '
                 + ', '.join(f'{s} {p:.2f} dB / {q:.4f}' for s, (p, q) in scores[run].items()),
-                flush=True,
             )
     print()
     if args.val_freq:

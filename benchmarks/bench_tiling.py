@@ -123,7 +123,7 @@ def main():
                     f'{100 * np.median([v[2] for v in vals]):.1f}%',
                 ]
             )
-        print(f'{label} done', flush=True)
+        print(f'{label} done')
         del net
     print()
     print(

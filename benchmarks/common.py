@@ -82,7 +82,7 @@ def header(device):
 def print_header(device, title):
     print(f'## {title}\n')
     print(f'command: `{command_line()}`  ')
-    print(f'{header(device)}\n', flush=True)
+    print(f'{header(device)}\n')
 
 
 def sync(device):
@@ -136,7 +136,7 @@ def spread(samples):
 
 
 def print_table(headers, rows):
-    print(markdown_table(headers, rows) + '\n', flush=True)
+    print(markdown_table(headers, rows) + '\n')
 
 
 def mean_std(values, digits):

@@ -15,7 +15,7 @@ from pdnsr.experiments.runs import RunFailed
 
 
 def run_main(fn, prog):
-    """Call ``fn()`` and return the process exit status; never raises for a user error.
+    """Call ``fn()`` with stdout line-buffered and return the process exit status; never raises for a user error.
 
     Args:
         fn (callable): the entry point's body; returns an exit status (None means 0). It may parse arguments:
@@ -25,6 +25,8 @@ def run_main(fn, prog):
     Returns:
         int: ``fn``'s status; 2 for a user error; 1 for a failed run; 130 for Ctrl-C.
     """
+    if hasattr(sys.stdout, 'reconfigure'):  # progress lines as they come, also through a pipe or from threads
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         status = fn()
     except SystemExit as err:

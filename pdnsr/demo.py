@@ -140,8 +140,6 @@ def results_table(scores, caption):
 def run(args):
     """The demo once arguments are parsed; returns the exit status. Raises UserError for user errors."""
     t_start = time.time()
-    if hasattr(sys.stdout, 'reconfigure'):  # progress lines as they come, also through a pipe
-        sys.stdout.reconfigure(line_buffering=True)
     recipe = RECIPES['quick' if args.quick else 'default']
     recipe = replace(recipe, iters=args.iters) if args.iters is not None else recipe
     if recipe.iters < 1:

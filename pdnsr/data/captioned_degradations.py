@@ -30,7 +30,7 @@ __all__ = [
     'assign_degradations',
     'swapped',
     'captions_of',
-    'write_degraded_pair',
+    'write_degraded_pairs',
 ]
 
 
@@ -129,16 +129,16 @@ def captions_of(assignment, wrong_from=None):
     return {key: [swapped(wrong_from, deg).caption] for key, deg in assignment.items()}
 
 
-def write_degraded_pair(hr, degradation, scale, key, hr_dir, lr_dir):
-    """Write ``hr_dir/<key>.png`` (``hr`` mod-cropped to ``scale``) and its degraded ``lr_dir/<key>.png``.
+def write_degraded_pairs(items, scale, hr_dir, lr_dir):
+    """Write, for each ``key: (hr, degradation)`` of ``items``, ``hr_dir/<key>.png`` (``hr``, an (H, W, 3) uint8 BGR
+    image, mod-cropped to ``scale``) and its degraded ``lr_dir/<key>.png``; the two folders are made if missing.
 
     Each file is written atomically (:func:`pdnsr.data.image_files.write_image`), so an interrupted run never leaves
     a truncated image.
-
-    Args:
-        hr (np.ndarray): (H, W, 3) uint8 BGR image.
     """
-    hr = np.ascontiguousarray(hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale])
-    lr = degradation.apply(hr, scale, key)
-    write_image(os.path.join(hr_dir, f'{key}.png'), hr)
-    write_image(os.path.join(lr_dir, f'{key}.png'), lr)
+    for folder in (hr_dir, lr_dir):
+        os.makedirs(folder, exist_ok=True)
+    for key, (hr, degradation) in items.items():
+        hr = np.ascontiguousarray(hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale])
+        write_image(os.path.join(hr_dir, f'{key}.png'), hr)
+        write_image(os.path.join(lr_dir, f'{key}.png'), degradation.apply(hr, scale, key))

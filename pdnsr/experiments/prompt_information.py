@@ -86,16 +86,9 @@ def tiles(img, size, centre_crop=None):
 def _pairs(folder, lr_name, items, scale):
     """Write ``items`` ({key: (HR image, degradation)}) as ``folder/HR`` / ``folder/<lr_name>`` pairs unless a
     finished folder is there (:func:`fill_once`); returns the two folders."""
-    hr, lr = os.path.join(folder, 'HR'), os.path.join(folder, lr_name)
-
-    def fill():
-        for path in (hr, lr):
-            os.makedirs(path)
-        for key, (img, deg) in items.items():
-            cdeg.write_degraded_pair(img, deg, scale, key, hr, lr)
-
-    fill_once(folder, fill)
-    return hr, lr
+    dirs = os.path.join(folder, 'HR'), os.path.join(folder, lr_name)
+    fill_once(folder, lambda: cdeg.write_degraded_pairs(items, scale, *dirs))
+    return dirs
 
 
 def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrained, seed=0):
@@ -142,12 +135,10 @@ def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrain
     return dict(train=train, tests=tests, prompt_dim=encoder.embed_dim, caption_embeddings=embeddings)
 
 
-def caption_lines(degradations):
-    """A line per degradation: what it is, and its right and wrong (:func:`swapped`) caption."""
-    wrong = {d.name: cdeg.swapped(degradations, d).caption for d in degradations}
-    return [
-        f'{d.name}: {d.describe()}, right caption "{d.caption}", wrong caption "{wrong[d.name]}"' for d in degradations
-    ]
+def caption_lines(degs):
+    """A line per degradation of ``degs``: what it is, and its right and wrong (:func:`swapped`) caption."""
+    wrong = {d.name: cdeg.swapped(degs, d).caption for d in degs}
+    return [f'{d.name}: {d.describe()}, right caption "{d.caption}", wrong caption "{wrong[d.name]}"' for d in degs]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -236,8 +227,7 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
                 m, s = masks['right'], masks['swapped']
                 diag['right_vs_swapped'].append([float((m[j] - s[j]).abs().mean()) for j in sorted(m)])
     for diag in out['diag'].values():  # per-image lists -> means per DCM
-        for key in MASK_STATS:
-            diag[key] = {mode: np.mean(v, axis=0).tolist() for mode, v in diag[key].items()}
+        diag.update({key: {mode: np.mean(v, axis=0).tolist() for mode, v in diag[key].items()} for key in MASK_STATS})
         diffs = diag['right_vs_swapped']
         diag['right_vs_swapped'] = np.mean(diffs, axis=0).tolist() if diffs else []
     out['temperature'] = sorted({float(d.temperature) for d in dcms})
