@@ -32,7 +32,6 @@ import torch
 
 from pdnsr.archs.dcm_arch import ROUTERS
 from pdnsr.cli import add_clip_arguments
-from pdnsr.data.captioned_degradations import get_degradations
 from pdnsr.data.image_files import read_bgr
 from pdnsr.experiments import prompt_information as pi
 from pdnsr.experiments.runs import hashed_name, train_all
@@ -115,12 +114,12 @@ def load_data(args):
     data_dir = os.path.join(workdir, hashed_name('data', key))
     test_images = {n: read(f) for n, f in sets.items()}
     data = pi.prepare(base, train_images, test_images, data_dir, args.clip_model, args.clip_pretrained)
-    n_train, degradations = len(data['train']['assignment']), get_degradations(args.degradations)
+    n_train = len(data['train']['assignment'])
     clip = 'RANDOM weights: distinct captions still give distinct embeddings.'
     clip = clip if args.clip_pretrained in RANDOM_TAGS else f'weights {args.clip_pretrained!r}.'
     print(f'Prompts: captions naming the degradation, encoded by open_clip {args.clip_model} with {clip}')
     emb = data['caption_embeddings']
-    for line, row in zip(pi.caption_lines(degradations), emb):
+    for line, row in zip(pi.caption_lines(data['degradations']), emb):
         print(f'  {line}; cosine with each caption ' + ', '.join(f'{float(row @ other):.3f}' for other in emb))
     print(
         f'\ndata: {n_train} training sub-images of {base.tile} px from {"+".join(TRAIN_SETS)}; test: every image of '
@@ -174,7 +173,7 @@ def main():
     weights = train_all(list(opts.values()), workdir, args.jobs, reuse=True, on_done=print_done)
     todo = {run: (opts[run], weights[opts[run]['name']], run[0] != 'baseline', None) for run in runs}
     results = evaluate_all(todo, data, base.scale, workdir, args.jobs)
-    print_tables(args, results, recipes, [d.name for d in get_degradations(args.degradations)], baseline)
+    print_tables(args, results, recipes, [d.name for d in data['degradations']], baseline)
     print(f'total time {time.time() - t_start:.0f} s.')
 
 

@@ -111,7 +111,7 @@ def train_mechanisms(args):
         for run, (opt, *_) in runs.items()
     }
     results = bpi.evaluate_all(jobs, data, base.scale, workdir, args.jobs)
-    degs = [d.name for d in get_degradations(bargs.degradations)]
+    degs = [d.name for d in data['degradations']]
 
     def psnr(run, set_name, mode):
         return statistics.mean(v[0] for d in degs for v in results[run]['scores'][set_name][d][mode])

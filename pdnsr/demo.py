@@ -187,15 +187,14 @@ def run(args):
     images, scores = {d.name: {} for d in DEGRADATIONS}, {d.name: {} for d in DEGRADATIONS}
     for kind, opt in run_opts.items():  # EDSR+ last: its attention masks are the ones kept
         res = pi.evaluate(paths[kind], weights[opt['name']], data['tests'], SCALE, kind == 'plus', keep_images=True)
-        for deg in DEGRADATIONS:
-            images[deg.name].update(res['images'][HOLDOUT][deg.name])
-            scores[deg.name].update({mode: v[0] for mode, v in res['scores'][HOLDOUT][deg.name].items()})
-    for deg in DEGRADATIONS:
-        imgs = images[deg.name]
+        for deg, imgs in images.items():
+            imgs.update(res['images'][HOLDOUT][deg])
+            scores[deg].update({mode: v[0] for mode, v in res['scores'][HOLDOUT][deg].items()})
+    for deg, imgs in images.items():
         imgs['bicubic'] = bicubic_resize(imgs['lr'], SCALE)
-        scores[deg.name]['bicubic'] = pi.score(imgs['bicubic'], imgs['hr'], SCALE)
+        scores[deg]['bicubic'] = pi.score(imgs['bicubic'], imgs['hr'], SCALE)
         for key, tag in FILE_TAG.items():
-            write_image(os.path.join(out, f'{HOLDOUT}_{deg.name}_x{SCALE}_{tag}.png'), imgs[key])
+            write_image(os.path.join(out, f'{HOLDOUT}_{deg}_x{SCALE}_{tag}.png'), imgs[key])
 
     print('[4/5] writing comparison.png and attention.png')
     hr, bicubic = images[DEGRADATIONS[-1].name]['hr'], images[DEGRADATIONS[-1].name]['bicubic']

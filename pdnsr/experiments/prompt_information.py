@@ -102,7 +102,8 @@ def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrain
 
     Returns:
         dict: ``train`` (hr, lr, prompts, assignment) and ``tests`` {(set, degradation name): (hr, lr, right,
-        swapped)} folder / store paths; ``prompt_dim``; ``caption_embeddings`` (K, prompt_dim), one per degradation.
+        swapped)} folder / store paths; ``prompt_dim``; ``degradations`` (the recipe's K); ``caption_embeddings``
+        (K, prompt_dim), one per degradation.
     """
     random_clip = clip_pretrained in RANDOM_TAGS
     encoder = PromptEncoder(clip_model, None if random_clip else clip_pretrained, 'cpu', seed=seed)
@@ -114,25 +115,25 @@ def prepare(recipe, train_images, test_sets, data_dir, clip_model, clip_pretrain
             build_prompt_store('text', path, encoder, captions=cdeg.captions_of(given, wrong_from), progress=False)
         return path
 
-    degradations = cdeg.get_degradations(recipe.degradations)
+    degs = cdeg.get_degradations(recipe.degradations)
     crops = {
         f'{name}_s{i:03d}': t
         for name, img in train_images.items()
         for i, t in enumerate(tiles(img, recipe.tile, recipe.centre_crop), 1)
     }
-    assignment = cdeg.assign_degradations(crops, degradations, seed=seed)
+    assignment = cdeg.assign_degradations(crops, degs, seed=seed)
     train_dir = os.path.join(data_dir, 'train')
     hr, lr = _pairs(train_dir, f'LRx{recipe.scale}', {k: (t, assignment[k]) for k, t in crops.items()}, recipe.scale)
     train = dict(hr=hr, lr=lr, assignment=assignment, prompts=store(train_dir, 'prompts', assignment))
     tests = {}
     for set_name, images in test_sets.items():
-        for deg in degradations:
+        for deg in degs:
             folder, given = os.path.join(data_dir, 'test', set_name, deg.name), dict.fromkeys(images, deg)
             pairs = _pairs(folder, 'LR', {key: (img, deg) for key, img in images.items()}, recipe.scale)
-            stores = store(folder, 'right', given), store(folder, 'swapped', given, degradations)
+            stores = store(folder, 'right', given), store(folder, 'swapped', given, degs)
             tests[set_name, deg.name] = (*pairs, *stores)
-    embeddings = encoder.encode_text([d.caption for d in degradations])
-    return dict(train=train, tests=tests, prompt_dim=encoder.embed_dim, caption_embeddings=embeddings)
+    emb = encoder.encode_text([d.caption for d in degs])
+    return dict(train=train, tests=tests, prompt_dim=encoder.embed_dim, degradations=degs, caption_embeddings=emb)
 
 
 def caption_lines(degs):
