@@ -36,6 +36,7 @@ from common import REPO_ROOT, images_in, make_parser, make_workdir, mean_std, pr
 import cv2
 import numpy as np
 import torch
+from basicsr.data.transforms import mod_crop
 from basicsr.utils import img2tensor, tensor2img
 
 from pdnsr import options as opts
@@ -66,7 +67,7 @@ def prepare_pairs(sources, out_dir, scale, sigma, crop=None, limit=None):
             img, _ = read_bgr(path)  # a truncated or unreadable file is refused, by name
             if crop is not None:
                 img = img[:crop, :crop]
-            img = img[: img.shape[0] - img.shape[0] % scale, : img.shape[1] - img.shape[1] % scale]
+            img = mod_crop(img, scale)
             cv2.imwrite(lr_path, blur_downsample(img, scale, sigma=sigma or None))
             cv2.imwrite(hr_path, img)
     return hr_dir, lr_dir

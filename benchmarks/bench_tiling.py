@@ -24,9 +24,10 @@ import math
 import numpy as np
 import torch
 from basicsr.archs import build_network
+from basicsr.data.transforms import mod_crop
 
 from pdnsr.inference import image_to_tensor, read_rgb, super_resolve
-from pdnsr.utils.sample_data import bicubic_resize
+from pdnsr.utils.sample_data import bicubic_resize, centre_crop
 
 SET14 = REPO_ROOT.parent / 'shared' / 'data' / 'benchmarks' / 'Set14'
 
@@ -58,10 +59,8 @@ def load_crops(names, crop, scale):
             print(f'skipped {name}: {path} not found (the Set14 benchmark images live in ../shared/data)')
             continue
         hr = read_rgb(str(path))
-        hr = hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale]
-        lr = bicubic_resize(np.ascontiguousarray(hr), 1 / scale)
-        top, left = max(0, (lr.shape[0] - crop) // 2), max(0, (lr.shape[1] - crop) // 2)
-        crops[name] = image_to_tensor(lr[top : top + crop, left : left + crop], 'cpu')
+        lr = bicubic_resize(mod_crop(hr, scale), 1 / scale)
+        crops[name] = image_to_tensor(centre_crop(lr, crop), 'cpu')
     return crops
 
 

@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from basicsr.data.transforms import mod_crop
 
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import write_image
@@ -139,6 +140,6 @@ def write_degraded_pairs(items, scale, hr_dir, lr_dir):
     for folder in (hr_dir, lr_dir):
         os.makedirs(folder, exist_ok=True)
     for key, (hr, degradation) in items.items():
-        hr = np.ascontiguousarray(hr[: hr.shape[0] - hr.shape[0] % scale, : hr.shape[1] - hr.shape[1] % scale])
+        hr = np.ascontiguousarray(mod_crop(hr, scale))
         write_image(os.path.join(hr_dir, f'{key}.png'), hr)
         write_image(os.path.join(lr_dir, f'{key}.png'), degradation.apply(hr, scale, key))

@@ -8,6 +8,7 @@ import os
 
 import cv2
 import numpy as np
+from basicsr.data.transforms import mod_crop
 from basicsr.utils.matlab_functions import imresize
 
 # Captions describe what is in each photo, in the style of COCO captions.
@@ -80,8 +81,7 @@ def write_pairs(photos, out_dir, scale, crop=None):
     os.makedirs(lr_dir, exist_ok=True)
     for key, img in photos.items():
         img = img if crop is None else centre_crop(img, crop)
-        h, w = img.shape[0] - img.shape[0] % scale, img.shape[1] - img.shape[1] % scale
-        hr = np.ascontiguousarray(img[:h, :w, ::-1])  # RGB -> BGR for OpenCV
+        hr = np.ascontiguousarray(mod_crop(img, scale)[..., ::-1])  # RGB -> BGR for OpenCV
         cv2.imwrite(os.path.join(hr_dir, f'{key}.png'), hr)
         cv2.imwrite(os.path.join(lr_dir, f'{key}.png'), bicubic_resize(hr, 1 / scale))
     return hr_dir, lr_dir
