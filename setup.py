@@ -25,17 +25,17 @@ setup(
     ],
     extras_require={
         'test': ['pytest>=7', 'ruff>=0.4'],
-        # pdnsr-export, pdnsr-infer --onnx, pdnsr.spandrel (docs/deploy.md); imported only when used
+        # pdnsr-export, pdnsr-infer --onnx, pdnsr.tools.export.spandrel (docs/deploy.md); imported only when used
         'deploy': ['onnx>=1.17', 'onnxruntime>=1.20', 'spandrel>=0.4.2', 'safetensors>=0.4'],
     },
     entry_points={
         'console_scripts': [
             'pdnsr-train=pdnsr.train:main',
             'pdnsr-test=pdnsr.test:main',
-            'pdnsr-infer=pdnsr.infer_cli:main',
-            'pdnsr-demo=pdnsr.demo:main',
-            'pdnsr-prepare=pdnsr.data.preparation.cli:main',
-            'pdnsr-export=pdnsr.export.cli:main',
+            'pdnsr-infer=pdnsr.tools.infer:main',
+            'pdnsr-demo=pdnsr.tools.demo:main',
+            'pdnsr-prepare=pdnsr.tools.prepare.cli:main',
+            'pdnsr-export=pdnsr.tools.export.cli:main',
         ],
     },
 )

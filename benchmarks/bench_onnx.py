@@ -26,8 +26,8 @@ import common
 import torch
 
 from pdnsr.archs import EDSRPlus, RCANPlus, dcm_modules
-from pdnsr.export.onnx import OnnxNetwork, export_onnx
 from pdnsr.inference import super_resolve
+from pdnsr.tools.export.onnx import OnnxNetwork, export_onnx
 
 TARGET = 1.0
 # (key, label, class, arguments)

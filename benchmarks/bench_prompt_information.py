@@ -1,6 +1,6 @@
 """Prompts that carry information: EDSR+ with the right, the swapped and a zero caption against EDSR, and ablations.
 
-The full preset of :mod:`pdnsr.experiments.prompt_information` (which says what the experiment is), with CLIP's
+The full preset of :mod:`pdnsr.tools.experiments.prompt_information` (which says what the experiment is), with CLIP's
 RANDOM weights unless ``--clip-pretrained`` names real ones (distinct captions still give distinct embeddings, all
 it needs). ``--variants`` adds the ablation of the DCM's two halves, ``router-only`` (``use_attention: false``) and
 ``attention-only`` (``use_dynamic: false``), each with every ``--routers`` entry.
@@ -31,12 +31,12 @@ from common import REPO_ROOT, images_in, make_parser, make_workdir, mean_std, pr
 import torch
 
 from pdnsr.archs.dcm_arch import ROUTERS
-from pdnsr.cli import add_clip_arguments
 from pdnsr.data.image_files import read_bgr
-from pdnsr.experiments import prompt_information as pi
-from pdnsr.experiments.runs import hashed_name, train_all
 from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS
+from pdnsr.tools.cli import add_clip_arguments
+from pdnsr.tools.experiments import prompt_information as pi
+from pdnsr.tools.experiments.runs import hashed_name, train_all
 from pdnsr.utils.files import write_text
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'

@@ -37,18 +37,17 @@ import cv2
 import numpy as np
 import torch
 from basicsr.data.transforms import mod_crop
-from basicsr.utils import img2tensor, tensor2img
 
 from pdnsr import options as opts
 from pdnsr import provenance
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import read_bgr
 from pdnsr.data.prompt_store import PromptStore
-from pdnsr.experiments.prompt_information import score
-from pdnsr.experiments.runs import hashed_name, run_pipeline, validation_results, weights_path
-from pdnsr.inference import load_network, super_resolve
+from pdnsr.inference import Upsampler
 from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
+from pdnsr.tools.experiments.prompt_information import score
+from pdnsr.tools.experiments.runs import hashed_name, run_pipeline, validation_results, weights_path
 from pdnsr.utils.files import fill_once
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'
@@ -183,18 +182,18 @@ def train_options(args, name, net_type, seed, data):
 
 def evaluate(args, opt, weights, bench, workdir):
     """{set: (mean PSNR, mean SSIM)} of run ``opt``'s final weights (``params``: no EMA) on each benchmark set, each
-    image whole through :func:`pdnsr.inference.super_resolve` with its first prompt."""
+    image whole through :class:`pdnsr.inference.Upsampler` with its first prompt."""
     path = write_options(opt, os.path.join(workdir, f'{opt["name"]}_eval.yml'))
-    net, _, _ = load_network(path, weights, 'cpu', param_key='params')
+    up = Upsampler.from_checkpoint(weights, path, 'cpu', param_key='params', warn=lambda message: None)
     scores = {}
     for set_name, data in bench.items():
         results = []
         for hr_path in images_in(data['hr']):
             key = os.path.splitext(os.path.basename(hr_path))[0]
             lr = cv2.imread(os.path.join(data['lr'], key + '.png'))
-            lq = img2tensor(lr.astype(np.float32) / 255.0, bgr2rgb=True, float32=True)[None]
-            prompt = torch.from_numpy(data['store'].get(key)[0].copy())[None]  # a baseline ignores it
-            results.append(score(tensor2img(super_resolve(net, lq, prompt)), cv2.imread(hr_path), args.scale))
+            prompt = torch.from_numpy(data['store'].get(key)[0].copy()) if up.takes_prompt else None
+            sr = up.enhance(lr[..., ::-1], prompt)
+            results.append(score(np.ascontiguousarray(sr[..., ::-1]), cv2.imread(hr_path), args.scale))
         scores[set_name] = tuple(float(v) for v in np.mean(results, axis=0))
     return scores
 

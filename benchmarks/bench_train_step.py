@@ -24,7 +24,7 @@ import torch
 from pdnsr import options as opts
 from pdnsr.models.pdn_model import build_in_process
 from pdnsr.prompts.encoder import PromptEncoder
-from pdnsr.utils.sample_data import sample_dataset
+from pdnsr.tools.sample_data import sample_dataset
 
 NETWORKS = {  # (type, arguments): the paper's sizes on CUDA, smaller on the CPU
     'edsr': ('EDSRPlus', dict(num_feat=64, num_block=16), dict(num_feat=64, num_block=4)),

@@ -25,8 +25,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import pdnsr  # noqa: E402,F401  (before basicsr: applies the compat patches and registers the archs)
-from pdnsr.cli import run_main  # noqa: E402
-from pdnsr.errors import UserError  # noqa: E402
+from pdnsr.errors import UserError, run_main  # noqa: E402
 from pdnsr.utils.markdown import markdown_table  # noqa: E402  (the benchmarks' tables)
 
 
@@ -192,7 +191,7 @@ def make_workdir(workdir, default_name):
 
 def run_benchmark(main):
     """The entry point of a benchmark script: ``main()``, then exit. As for pdnsr's commands
-    (:func:`pdnsr.cli.run_main`), a user error -- a bad option, a missing or corrupt file, unavailable CLIP weights
+    (:func:`pdnsr.errors.run_main`), a user error -- a bad option, a missing or corrupt file, unavailable CLIP weights
     -- is one line on stderr naming it, exit status 2 (``PDNSR_DEBUG=1`` shows the traceback); a failed training run
     prints its log's tail, exit status 1."""
     raise SystemExit(run_main(main, os.path.basename(sys.argv[0])))

@@ -3,6 +3,7 @@
 The one home of these rules for inference, testing, training (PDNModel's saves and ``--auto_resume``), the bank
 converter and the exporters:
 
+- weights are finite: a tensor with a NaN or an infinity is refused when the file is opened, naming it;
 - files are read with ``torch.load(weights_only=True)`` only (plain tensors and containers; a file that would need
   unpickling arbitrary objects is refused, never "loaded with weights_only=False");
 - a basicsr checkpoint holds ``params`` and / or ``params_ema`` (EMA preferred), pdnsr's also ``'pdnsr'``
@@ -111,7 +112,15 @@ def state_dict_of(checkpoint, path, param_key=None):
             f'weights file {path}: its {used!r} entry is not a state dict (parameter names -> tensors) but a '
             f'{type(state).__name__}'
         )
-    return {k[len('module.') :] if k.startswith('module.') else k: v for k, v in state.items()}, used
+    state = {k[len('module.') :] if k.startswith('module.') else k: v for k, v in state.items()}
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(
+                f'weights file {path} ({used}): tensor {key!r} holds {bad} NaN or infinite value(s); '
+                'the training that wrote it diverged or the file is damaged: use an earlier checkpoint'
+            )
+    return state, used
 
 
 def dcm_layout_of(state):

@@ -12,6 +12,11 @@ importable. Nothing else in the project patches basicsr. Each patch is listed in
    ``opt['root_path']`` and falls back to the newest readable state.
 3. ``basicsr.utils.options.init_dist`` (``--launcher pytorch``) always calls ``torch.cuda.set_device`` and uses NCCL.
    On a machine without CUDA it now initialises a gloo process group instead, so ``torchrun`` works on CPU.
+4. ``basicsr.utils.options.parse_options`` reads option files with YAML's full loader (``!!python/object/apply:``
+   runs code; an alias bomb exhausts memory), evaluates ``--force_yml`` values with ``eval`` / ``exec``, and seeds
+   the run before applying ``--force_yml`` (``manual_seed=1`` is logged but not used). Replaced, with
+   ``ordered_yaml``, by :func:`pdnsr.options.parse_options` / :func:`pdnsr.options.ordered_yaml`: safe, bounded,
+   and ``--force_yml`` applied first.
 """
 
 import os
@@ -94,9 +99,15 @@ def init_dist(launcher, backend='nccl', **kwargs):
 
 
 def patch_basicsr():
-    """Replace the two basicsr functions above where basicsr looks them up. Idempotent."""
+    """Replace the basicsr functions above where basicsr looks them up. Idempotent."""
+    import basicsr.test
     import basicsr.train
     import basicsr.utils.options
 
+    from pdnsr import options
+
     basicsr.train.load_resume_state = load_resume_state
     basicsr.utils.options.init_dist = init_dist
+    basicsr.utils.options.ordered_yaml = options.ordered_yaml
+    for module in (basicsr.utils.options, basicsr.train, basicsr.test):
+        module.parse_options = options.parse_options

@@ -1,5 +1,6 @@
-"""Where outputs (experiments/, results/, tb_logger/) go."""
+"""Where outputs (experiments/, results/, tb_logger/) go, and the lock that keeps one run per output folder."""
 
+import contextlib
 import os
 
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,3 +14,49 @@ def root_path():
     if os.path.isfile(os.path.join(_CHECKOUT, 'setup.py')):
         return _CHECKOUT
     return os.getcwd()
+
+
+@contextlib.contextmanager
+def run_lock(opt):
+    """Hold the lock of a run's folder (``experiments/<name>``, or ``results/<name>`` for a test) while the block runs.
+
+    The lock is ``<folder>.lock`` beside the folder (basicsr renames the folder itself to ``_archived_...``), held
+    with ``flock``: the system releases it when the process ends, so a crashed or finished run never leaves a stale
+    lock and ``--auto_resume`` takes it as usual. Under torchrun only rank 0 takes it (the only rank that makes or
+    renames folders). Where ``flock`` does not exist (Windows) nothing is locked.
+
+    Raises:
+        UserError: another process holds the lock; the message names it.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    from pdnsr.errors import UserError
+
+    if opt.get('rank', 0) != 0:
+        yield
+        return
+    kind = 'experiments' if opt['is_train'] else 'results'
+    folder = os.path.join(root_path(), kind, str(opt['name']))
+    path = f'{folder}.lock'
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'a+') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'another process'
+            raise UserError(
+                f'{kind}/{opt["name"]} is in use by {holder} (lock {path}); wait for that run to end, or give this '
+                'one another name: (name: in the option file)'
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f'process {os.getpid()}\n')
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -11,7 +11,7 @@ import sys
 if __name__ == '__main__' and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     sys.path[0] = os.path.dirname(sys.path[0])  # the repository root, not pdnsr/ (see pdnsr/train.py)
 
-from pdnsr.cli import run_pipeline  # noqa: E402
+from pdnsr.train import run_pipeline  # noqa: E402
 
 
 def main():

@@ -21,7 +21,8 @@ import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
 from pdnsr import provenance  # noqa: E402
 from pdnsr.archs.dcm_arch import convert_state_dict_to_compact  # noqa: E402
 from pdnsr.checkpoints import dcm_layout_of, read_checkpoint, save_checkpoint  # noqa: E402
-from pdnsr.cli import run_main  # noqa: E402
+from pdnsr.errors import run_main  # noqa: E402
+from pdnsr.tools.cli import check_apart  # noqa: E402
 
 PARAM_KEYS = ('params', 'params_ema')
 
@@ -65,6 +66,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def convert():
+        check_apart(args.output, 'output', reads={'input': args.input})
         counts = convert_checkpoint(args.input, args.output)
         done = ', '.join(f'{key}: {n} DCMs' for key, n in counts.items())
         print(f'{args.output}: {done} converted; build the network with dcm: {{bank: compact}} to load it')

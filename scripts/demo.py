@@ -2,7 +2,7 @@
 
     python scripts/demo.py [--quick] [--output demo_output] [--iters N] [--seed S] [--clip-pretrained TAG_OR_FILE]
 
-``pdnsr.demo.main`` (also installed as ``pdnsr-demo``); see docs/demo.md.
+``pdnsr.tools.demo.main`` (also installed as ``pdnsr-demo``); see docs/demo.md.
 """
 
 import os
@@ -12,7 +12,7 @@ import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
 
 # isort: split
 
-from pdnsr.demo import main
+from pdnsr.tools.demo import main
 
 if __name__ == '__main__':
     sys.exit(main(prog=os.path.basename(sys.argv[0])))

@@ -1,4 +1,4 @@
-"""Export a pdnsr network as an ONNX graph or a spandrel file: ``pdnsr.export.cli.main`` (also ``pdnsr-export``).
+"""Export a pdnsr network as an ONNX graph or a spandrel file: ``pdnsr.tools.export.cli.main`` (also ``pdnsr-export``).
 
 Example (from the repository root):
 
@@ -15,7 +15,7 @@ import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
 
 # isort: split
 
-from pdnsr.export.cli import main
+from pdnsr.tools.export.cli import main
 
 if __name__ == '__main__':
     sys.exit(main(prog=os.path.basename(sys.argv[0])))

@@ -39,11 +39,11 @@ import torch  # noqa: E402
 from basicsr.metrics import calculate_psnr  # noqa: E402
 
 from pdnsr import options as opts  # noqa: E402
-from pdnsr.experiments.runs import progress_of, run_pipeline, train_all, validation_results, weights_path  # noqa: E402
 from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
+from pdnsr.tools.experiments.runs import progress_of, run_pipeline, train_all, validation_results, weights_path  # noqa: E402
+from pdnsr.tools.sample_data import sample_dataset  # noqa: E402
 from pdnsr.utils.files import write_text  # noqa: E402
 from pdnsr.utils.markdown import markdown_table  # noqa: E402
-from pdnsr.utils.sample_data import sample_dataset  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETWORKS = {'EDSRPlus': dict(num_feat=64, num_block=8), 'RCANPlus': dict(num_group=2, num_block=8, num_feat=64)}

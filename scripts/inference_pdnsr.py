@@ -1,4 +1,4 @@
-"""Super-resolve images with a pdnsr network: ``pdnsr.infer_cli.main`` (also installed as ``pdnsr-infer``).
+"""Super-resolve images with a pdnsr network: ``pdnsr.tools.infer.main`` (also installed as ``pdnsr-infer``).
 
 Example (from the repository root):
 
@@ -15,7 +15,7 @@ import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
 
 # isort: split
 
-from pdnsr.infer_cli import main
+from pdnsr.tools.infer import main
 
 if __name__ == '__main__':
     sys.exit(main(prog=os.path.basename(sys.argv[0])))

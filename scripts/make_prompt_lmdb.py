@@ -19,9 +19,10 @@ import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
 
 # isort: split
 
-from pdnsr.cli import add_clip_arguments, add_view_argument, check_output_folder, run_main  # noqa: E402
+from pdnsr.errors import run_main  # noqa: E402
 from pdnsr.prompts.build import KINDS, build_prompt_store  # noqa: E402
 from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
+from pdnsr.tools.cli import add_clip_arguments, add_view_argument, check_apart, check_output_folder  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -66,6 +67,7 @@ def run(args):
     if args.overwrite and args.resume:
         raise ValueError('--overwrite and --resume exclude each other.')
     check_output_folder(args.out, '--out')
+    check_apart(args.out, '--out', reads={'--images': args.images}, refers={'--captions': args.captions})
     count = build_prompt_store(
         args.kind,
         args.out,
@@ -83,7 +85,7 @@ def run(args):
 
 
 def main(argv=None):
-    """Returns the exit status: 0 on success, 2 on a user error (one line on stderr, :func:`pdnsr.cli.run_main`)."""
+    """Returns the exit status: 0 on success, 2 on a user error (one line on stderr, :func:`pdnsr.errors.run_main`)."""
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'make_prompt_lmdb.py'
     return run_main(lambda: run(parse_args(argv)), prog)
 

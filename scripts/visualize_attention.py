@@ -21,27 +21,20 @@ import _checkout  # noqa: F401  (this checkout's pdnsr, basicsr patched)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from pdnsr.archs.dcm_arch import select_dcms, takes_prompt  # noqa: E402
-from pdnsr.cli import add_clip_arguments, check_output_folder, run_main  # noqa: E402
 from pdnsr.data.image_files import IMAGE_SUFFIXES, is_image_name, read_rgb, write_image  # noqa: E402
-from pdnsr.infer_cli import add_tile_arguments  # noqa: E402
-from pdnsr.inference import (  # noqa: E402
-    image_to_tensor,
-    load_network,
-    prompt_encoder_for,
-    super_resolve,
-    tensor_to_bgr,
-)
-from pdnsr.utils.visualization import overlay_heatmap  # noqa: E402
+from pdnsr.errors import run_main  # noqa: E402
+from pdnsr.inference import Upsampler  # noqa: E402
+from pdnsr.tools.cli import add_clip_arguments, check_apart, check_output_folder  # noqa: E402
+from pdnsr.tools.infer import add_tile_arguments  # noqa: E402
+from pdnsr.utils.visualization import overlay_heatmap, with_colour_bar  # noqa: E402
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--opt', required=True, help='option YAML with the network_g section')
+    parser.add_argument('--opt', help='option YAML with network_g (default: the network the checkpoint records)')
     parser.add_argument('--weights', required=True, help='checkpoint .pth (params_ema, else params)')
     parser.add_argument('--image', required=True, help='LR image')
     parser.add_argument('--prompt', action='append', required=True, help='a text prompt; repeat for several')
@@ -93,30 +86,26 @@ def compose_figure(panels, captions):
     return figure
 
 
-def make_figure(net, encoder, rgb, prompts, dcm=-1, background='sr', tile=None, tile_pad=32, device='cpu'):
-    """The figure for one LR image ``rgb`` ((h, w, 3) uint8 RGB) and text ``prompts``; (H, W, 3) uint8 BGR.
+def make_figure(up, rgb, prompts, dcm=-1, background='sr', tile=None):
+    """The figure for one LR image ``rgb`` ((h, w, 3) uint8 RGB) and text ``prompts`` with the
+    :class:`~pdnsr.inference.Upsampler` ``up``: (H, W, 3) uint8 BGR, with the colour bar of the masks.
 
     All prompts run as one batch: the image repeated once per prompt.
     """
-    chosen = select_dcms(net, [dcm], '--dcm')
-    if not chosen:
-        raise ValueError(f'{type(net).__name__} has no DCM: attention masks need a "+" network')
-    (index,) = chosen
-    emb = encoder.encode_text(list(prompts)).to(device)  # (n, d)
-    lq = image_to_tensor(rgb, device).expand(len(prompts), -1, -1, -1)
-    sr, masks = super_resolve(net, lq, emb, tile=tile, tile_pad=tile_pad, keep_attention=True)
-    if index not in masks:
-        raise ValueError(f'DCM {index} has no attention mask (built with use_attention: false)')
-    srs = [tensor_to_bgr(sr[i]) for i in range(len(prompts))]
+    if not up.takes_prompt:
+        raise ValueError(f'{type(up.net).__name__} takes no prompt: attention masks need a "+" network')
+    (index,) = up.attention_dcms([dcm], '--dcm')
+    results = up.enhance_many(rgb, list(prompts), tile=tile, attention=[index])
+    srs = [np.ascontiguousarray(sr[..., ::-1]) for sr, _ in results]
     size = (srs[0].shape[1], srs[0].shape[0])
     if background == 'lr':
         lr_big = cv2.resize(np.ascontiguousarray(rgb[..., ::-1]), size, interpolation=cv2.INTER_CUBIC)
         bases, first, first_caption = [lr_big] * len(prompts), lr_big, 'LR input (bicubic enlarged)'
     else:
         bases, first, first_caption = srs, srs[0], f'SR output, prompt "{prompts[0]}"'
-    panels = [first] + [overlay_heatmap(base, masks[index][i, 0]) for i, base in enumerate(bases)]
+    panels = [first] + [overlay_heatmap(base, masks[index]) for base, (_, masks) in zip(bases, results)]
     captions = [first_caption] + [f'DCM {index}: "{p}"' for p in prompts]
-    return compose_figure(panels, captions)
+    return with_colour_bar(compose_figure(panels, captions))
 
 
 def check_output(path):
@@ -130,40 +119,25 @@ def check_output(path):
 
 
 def run(args):
-    """Write the figure of the parsed ``args``; raises the user errors of :data:`pdnsr.cli.USER_ERRORS`."""
+    """Write the figure of the parsed ``args``; raises the user errors of :data:`pdnsr.errors.USER_ERRORS`."""
     check_output(args.output)
-    net, device, record = load_network(args.opt, args.weights, args.device)
-    if not takes_prompt(net):
-        raise ValueError(f'{type(net).__name__} takes no prompt: attention masks need a "+" network')
+    refers = {'--weights': args.weights, '--opt': args.opt}
+    check_apart(args.output, '--output', reads={'--image': args.image}, refers=refers)
+    clip = dict(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, force_encoder=args.force_encoder)
+    up = Upsampler.from_checkpoint(args.weights, args.opt, args.device, tile_pad=args.tile_pad, warn=_warn, **clip)
     rgb = read_rgb(args.image)
-    encoder = prompt_encoder_for(
-        record,
-        net.prompt_dim,
-        args.clip_model,
-        args.clip_pretrained,
-        device,
-        args.force_encoder,
-        warn=lambda message: print(f'warning: {message}', file=sys.stderr),
-    )
-    with torch.no_grad():
-        figure = make_figure(
-            net,
-            encoder,
-            rgb,
-            args.prompt,
-            dcm=args.dcm,
-            background=args.background,
-            tile=args.tile,
-            tile_pad=args.tile_pad,
-            device=device,
-        )
+    figure = make_figure(up, rgb, args.prompt, dcm=args.dcm, background=args.background, tile=args.tile)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_image(args.output, figure)
     print(f'wrote {args.output} ({figure.shape[1]}x{figure.shape[0]}, {len(args.prompt)} prompts)', file=sys.stderr)
 
 
+def _warn(message):
+    print(f'warning: {message}', file=sys.stderr)
+
+
 def main(argv=None):
-    """Returns the exit status: 0, or 2 with a one-line message on a user error (:func:`pdnsr.cli.run_main`)."""
+    """Returns the exit status: 0, or 2 with a one-line message on a user error (:func:`pdnsr.tools.cli.run_main`)."""
     return run_main(lambda: run(parse_args(argv)), 'visualize_attention')
 
 

@@ -39,7 +39,7 @@ def paired_data(tmp_path_factory, clip_encoder):
     """Six 96x96 crops of scikit-image's photos as HR/LRx2 PNGs, with image and text prompt stores built by the
     real builder from the random-weight CLIP. Returns a dict of paths."""
     from pdnsr.prompts.build import build_prompt_store
-    from pdnsr.utils.sample_data import SAMPLE_CAPTIONS, sample_dataset
+    from pdnsr.tools.sample_data import SAMPLE_CAPTIONS, sample_dataset
 
     root = tmp_path_factory.mktemp('paired')
     hr, lr, image_store = sample_dataset(root, clip_encoder, scale=2, crop=96, count=6)
@@ -73,7 +73,7 @@ def load_script(name, folder='scripts'):
 def torchrun_weights(opt, tmp_path, port, nproc=2):
     """Train ``opt`` through basicsr's pipeline in ``nproc`` gloo processes (``torchrun``); every rank dumps its
     final weights (``tests/ddp_train_and_dump.py``). Returns the list of state dicts, rank 0 first."""
-    from pdnsr.experiments.runs import run_pipeline
+    from pdnsr.tools.experiments.runs import run_pipeline
 
     opt = dict(opt, model_type='WeightDumpingPDNModel')
     script = str(REPO_ROOT / 'tests' / 'ddp_train_and_dump.py')

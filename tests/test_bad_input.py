@@ -1,7 +1,7 @@
 """Bad input through the real commands: one table, one row per mistake a user can make, and what the command does.
 
 Each row runs one command as a user types it, in a subprocess of this checkout's Python (``python -m
-pdnsr.infer_cli``, ``python -m pdnsr.export.cli``, ``python pdnsr/test.py -opt``,
+pdnsr.tools.infer``, ``python -m pdnsr.tools.export.cli``, ``python pdnsr/test.py -opt``,
 ``python scripts/data_preparation/prepare_coco.py``, ``python scripts/convert_dcm_bank.py``), on one bad input
 written into the row's own folder. What a row expects:
 
@@ -48,8 +48,8 @@ from pdnsr.inference import build_network_from_options
 PYTHON = sys.executable
 # command -> (argv before the row's arguments, the name its error lines start with)
 COMMANDS = {
-    'pdnsr-infer': ([PYTHON, '-m', 'pdnsr.infer_cli'], 'pdnsr-infer'),
-    'pdnsr-export': ([PYTHON, '-m', 'pdnsr.export.cli'], 'pdnsr-export'),
+    'pdnsr-infer': ([PYTHON, '-m', 'pdnsr.tools.infer'], 'pdnsr-infer'),
+    'pdnsr-export': ([PYTHON, '-m', 'pdnsr.tools.export.cli'], 'pdnsr-export'),
     'prepare_coco.py': (
         [PYTHON, str(REPO_ROOT / 'scripts' / 'data_preparation' / 'prepare_coco.py')],
         'prepare_coco.py',

@@ -1,5 +1,5 @@
 """The benchmarks' data (``--workdir``): what decides whether data and runs are reused, and what a bad source
-image gets. The prompt-information experiment (pdnsr.experiments.prompt_information, bench_prompt_information.py)
+image gets. The prompt-information experiment (pdnsr.tools.experiments.prompt_information, bench_prompt_information.py)
 and bench_quality.py; and what a user error on a benchmark's command line gets (common.run_benchmark)."""
 
 import ast
@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO_ROOT, load_script
 from pdnsr.data.image_files import UnreadableImage
 from pdnsr.data.prompt_store import PromptStore
-from pdnsr.experiments import prompt_information as pi
+from pdnsr.tools.experiments import prompt_information as pi
 
 
 def test_another_clip_model_gets_its_own_stores_and_run_names(tmp_path):

@@ -22,8 +22,8 @@ from basicsr.utils.matlab_functions import imresize
 # isort: on
 
 from pdnsr.data.degradations import blur_downsample
-from pdnsr.data.preparation import cli
-from pdnsr.data.preparation.cli import script_main as prepare
+from pdnsr.tools.prepare import cli
+from pdnsr.tools.prepare.cli import script_main as prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
@@ -399,7 +399,7 @@ def test_pdnsr_prepare_dispatches_to_the_commands(tmp_path, capsys):
     assert cli.main(['resize']) == 2 and "invalid choice: 'resize'" in capsys.readouterr().err
     # the console script named in setup.py is this function
     setup = (REPO_ROOT / 'setup.py').read_text()
-    assert "'pdnsr-prepare=pdnsr.data.preparation.cli:main'" in setup
+    assert "'pdnsr-prepare=pdnsr.tools.prepare.cli:main'" in setup
 
 
 def run_bounded(argv, timeout, **kwargs):
@@ -434,7 +434,7 @@ def test_worker_pool_survives_threaded_opencv_work_in_the_same_process(tmp_path)
         img = np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)
         for _ in range(6):
             img = cv2.GaussianBlur(cv2.resize(img, (3100, 3100)), (0, 0), 3)[:3000, :3000]
-        from pdnsr.data.preparation.cli import script_main
+        from pdnsr.tools.prepare.cli import script_main
         sys.exit(script_main('coco', {argv!r}))
     """)
     returncode, _, err, _ = run_bounded([sys.executable, '-c', code], timeout=240)

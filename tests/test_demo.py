@@ -9,7 +9,7 @@ import cv2
 import yaml
 
 from conftest import REPO_ROOT
-from pdnsr import demo
+from pdnsr.tools import demo
 from pdnsr.utils.visualization import grid_size
 
 

@@ -33,13 +33,13 @@ def _run(code, tmp_path):
 def test_pdnsr_without_the_deploy_extra(tmp_path):
     code = """
 import torch
-import pdnsr, pdnsr.export, pdnsr.export.cli, pdnsr.export.standins, pdnsr.infer_cli
+import pdnsr, pdnsr.tools.export, pdnsr.tools.export.cli, pdnsr.tools.export.standins, pdnsr.tools.infer
 from pdnsr.archs import EDSRPlus
-from pdnsr.export.standins import ExportModule
+from pdnsr.tools.export.standins import ExportModule
 net = EDSRPlus(3, 3, num_feat=8, num_block=1, upscale=2, prompt_dim=8).eval()
 ExportModule(net)(torch.rand(1, 3, 5, 5), torch.rand(1, 8))  # the stand-ins are torch only
-from pdnsr.export.cli import main
-from pdnsr.infer_cli import main as infer
+from pdnsr.tools.export.cli import main
+from pdnsr.tools.infer import main as infer
 codes = [main(['--opt', 'o.yml', '--weights', 'w.pth', '-o', 'x.onnx']),
          main(['--opt', 'o.yml', '--weights', 'w.pth', '-o', 'x.safetensors', '--prompt', 'a']),
          infer(['--onnx', 'x.onnx', '--input', '.', '--output', 'out'])]

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from pdnsr.cli import run_main
-from pdnsr.errors import UserError, one_line
+from pdnsr.errors import UserError, one_line, run_main
 
 
 class _BadItem(torch.utils.data.Dataset):
@@ -37,7 +36,7 @@ def test_run_main_prints_one_line_and_returns_2(capsys):
 
 
 def test_a_failed_run_is_exit_1_with_its_log_tail_as_lines(tmp_path, capsys):
-    from pdnsr.experiments.runs import run_pipeline
+    from pdnsr.tools.experiments.runs import run_pipeline
 
     script = tmp_path / 'fails.py'
     script.write_text("print('loading data')\nprint('ValueError: no images in /data/hr')\nraise SystemExit(3)\n")

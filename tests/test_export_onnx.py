@@ -22,8 +22,9 @@ from pdnsr.archs import type_takes_prompt
 from pdnsr.checkpoints import network_layout
 from pdnsr.data.image_files import read_rgb
 from pdnsr.errors import UserError
-from pdnsr.export.cli import main as export_main
-from pdnsr.export.onnx import (
+from pdnsr.inference import super_resolve
+from pdnsr.tools.export.cli import main as export_main
+from pdnsr.tools.export.onnx import (
     FP16_MIN_PSNR,
     FP32_MAX_ERROR,
     ExportMismatch,
@@ -32,14 +33,13 @@ from pdnsr.export.onnx import (
     export_onnx,
     psnr,
 )
-from pdnsr.export.standins import FORMS, ExportModule
-from pdnsr.infer_cli import main as infer_main
-from pdnsr.inference import super_resolve
+from pdnsr.tools.export.standins import FORMS, ExportModule
+from pdnsr.tools.infer import main as infer_main
 
 # (N, H, W): odd sizes, a batch of two; SwinIR's graph has one size, so its inputs pad to it (window 4).
 SIZES = [(1, 16, 16), (2, 13, 19), (1, 9, 30)]
 SWIN_SIZES = [(1, *SWIN_FIXED), (2, 21, 17), (1, 23, 19)]
-FP32 = FP32_MAX_ERROR  # the targets, which the exporter enforces too (defined once, in pdnsr.export.onnx)
+FP32 = FP32_MAX_ERROR  # the targets, which the exporter enforces too (defined once, in pdnsr.tools.export.onnx)
 
 
 def _export(tmp_path, name, net, **kw):

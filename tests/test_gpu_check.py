@@ -8,7 +8,7 @@ import pytest
 from test_training import tiny_options
 
 from conftest import REPO_ROOT
-from pdnsr.experiments.runs import run_pipeline
+from pdnsr.tools.experiments.runs import run_pipeline
 
 pytestmark = pytest.mark.slow
 

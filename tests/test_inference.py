@@ -14,7 +14,6 @@ import torch
 
 from pdnsr import inference
 from pdnsr.data.image_files import read_rgb
-from pdnsr.infer_cli import main
 from pdnsr.inference import (
     build_network_from_options,
     image_to_tensor,
@@ -23,7 +22,8 @@ from pdnsr.inference import (
     super_resolve,
     tensor_to_bgr,
 )
-from pdnsr.utils.sample_data import SAMPLE_CAPTIONS
+from pdnsr.tools.infer import main
+from pdnsr.tools.sample_data import SAMPLE_CAPTIONS
 
 EDSR_PLUS = """
 network_g:

@@ -20,8 +20,6 @@ from pdnsr import options as opts
 from pdnsr import provenance
 from pdnsr.checkpoints import dcm_layout_of
 from pdnsr.errors import UserError
-from pdnsr.experiments.runs import run_pipeline, weights_path
-from pdnsr.infer_cli import main as infer_main
 from pdnsr.inference import (
     build_network_from_options,
     image_to_tensor,
@@ -34,6 +32,8 @@ from pdnsr.models.pdn_model import build_in_process
 from pdnsr.models.run_checks import check_run_options, preflight
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import PromptEncoder
+from pdnsr.tools.experiments.runs import run_pipeline, weights_path
+from pdnsr.tools.infer import main as infer_main
 
 TINY = dict(num_feat=8, num_block=1)
 SEED0 = {'model_name': 'ViT-B-32', 'weights': 'random-seed-0', 'kind': 'image', 'view': 'flip'}

@@ -1,6 +1,6 @@
-"""spandrel: pdnsr files load through spandrel.ModelLoader after pdnsr.spandrel.install() and equal pdnsr's own
-inference; checkpoints without a prompt are refused by pdnsr's entries; plain basicsr checkpoints still load as
-their own architecture; the descriptors' dtype flags are what the networks do."""
+"""spandrel: pdnsr files load through spandrel.ModelLoader after pdnsr.tools.export.spandrel.install() and equal
+pdnsr's own inference; checkpoints without a prompt are refused by pdnsr's entries; plain basicsr checkpoints still
+load as their own architecture; the descriptors' dtype flags are what the networks do."""
 
 import copy
 
@@ -12,17 +12,18 @@ from basicsr.archs.rrdbnet_arch import RRDBNet
 from deploy_util import PROMPT_DIM, PROMPTED, build, unit_prompts, write_model
 from safetensors.torch import load_file
 
-import pdnsr.spandrel
+import pdnsr.tools.export.spandrel
 from pdnsr import provenance
 from pdnsr.checkpoints import dcm_layout_of, network_layout
-from pdnsr.export.cli import main as export_main
-from pdnsr.export.onnx import psnr
 from pdnsr.inference import load_network, super_resolve
+from pdnsr.tools.export.cli import main as export_main
+from pdnsr.tools.export.onnx import psnr
+from pdnsr.tools.export.spandrel import NETWORKS
 
 
 @pytest.fixture(scope='module', autouse=True)
 def installed():
-    return pdnsr.spandrel.install()
+    return pdnsr.tools.export.spandrel.install()
 
 
 def _export(tmp_path, name, capsys, record=None):
@@ -39,10 +40,10 @@ def _export(tmp_path, name, capsys, record=None):
 
 
 def test_install_is_idempotent_and_ahead_of_every_architecture():
-    assert pdnsr.spandrel.install() == []
+    assert pdnsr.tools.export.spandrel.install() == []
     order = [a.architecture.id for a in spandrel.MAIN_REGISTRY.architectures('detection')]
     ours = [i for i in order if i.startswith('pdnsr.')]
-    assert ours == [f'pdnsr.{name}' for name in pdnsr.spandrel.NETWORKS]
+    assert ours == [f'pdnsr.{name}' for name in pdnsr.tools.export.spandrel.NETWORKS]
     assert order[: len(ours)] == ours  # ahead of ESRGAN, SwinIR, RCAN and all others
 
 
@@ -57,7 +58,7 @@ def test_exported_file_loads_and_equals_pdnsr(tmp_path, capsys, name):
     assert model.architecture.id == f'pdnsr.{name}'
     scale = PROMPTED[name].get('upscale', PROMPTED[name].get('scale'))
     assert (model.scale, model.input_channels, model.output_channels, model.purpose) == (scale, 3, 3, 'SR')
-    assert [model.supports_half, model.supports_bfloat16] == list(pdnsr.spandrel.NETWORKS[name][2:])  # measured below
+    assert [model.supports_half, model.supports_bfloat16] == list(NETWORKS[name][2:])  # measured below
     assert model.tiling == (spandrel.ModelTiling.DISCOURAGED if name == 'RCANPlus' else spandrel.ModelTiling.SUPPORTED)
     # The "+" networks pad themselves (RRDBNet+ x2 to even sizes, SwinIR+ to its window of 4): spandrel must not
     # pad them its own way, so the 19x14 image below (odd, not a multiple of 4) is given to them as it is.
@@ -104,7 +105,7 @@ def test_file_records_the_compact_bank_it_holds(tmp_path, capsys):
     path, *_ = _export(tmp_path, 'EDSRPlus', capsys, record=record)
     tensors = load_file(str(path))
     assert dcm_layout_of(tensors)['bank'] == 'compact'
-    config = pdnsr.spandrel.read_config(tensors)
+    config = pdnsr.tools.export.spandrel.read_config(tensors)
     assert config['network_g']['dcm'] == {'bank': 'compact'}
     assert config['checkpoint']['dcm'] == {**record['dcm'], 'bank': 'compact', 'trained_bank': 'paper'}
     assert config['checkpoint']['network_g']['dcm'] == {'bank': 'compact'}
@@ -121,7 +122,7 @@ def test_prompt_guided_rrdbnet_x2_needs_even_sizes_and_spandrel_pads_them(tmp_pa
     )
     net = build(options)
     path = tmp_path / 'guided_rrdb.safetensors'
-    pdnsr.spandrel.save_spandrel(str(path), net, options, unit_prompts(1))
+    pdnsr.tools.export.spandrel.save_spandrel(str(path), net, options, unit_prompts(1))
     model = spandrel.ModelLoader().load_from_file(str(path))
     assert model.size_requirements == spandrel.SizeRequirements(minimum=0, multiple_of=2)
     image = torch.rand(1, 3, 13, 10)
@@ -165,7 +166,7 @@ def test_half_descriptor_runs(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', [n for n in pdnsr.spandrel.NETWORKS if n != 'PromptGuided'])
+@pytest.mark.parametrize('name', [n for n in pdnsr.tools.export.spandrel.NETWORKS if n != 'PromptGuided'])
 def test_dtype_flags_are_measured(name):
     """supports_half / supports_bfloat16 hold when the network runs in that dtype at a size other than the one it
     was built for, with finite output within 40 dB of float32 (CPU)."""
@@ -180,4 +181,4 @@ def test_dtype_flags_are_measured(name):
                 measured.append(bool(torch.isfinite(out).all()) and psnr(out, want) >= 40)
             except RuntimeError:
                 measured.append(False)
-    assert measured == list(pdnsr.spandrel.NETWORKS[name][2:]), measured
+    assert measured == list(pdnsr.tools.export.spandrel.NETWORKS[name][2:]), measured

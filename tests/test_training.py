@@ -15,8 +15,8 @@ import yaml
 from conftest import REPO_ROOT, torchrun_weights
 from pdnsr import options as opts
 from pdnsr.archs.dcm_arch import dcm_modules, type_takes_prompt
-from pdnsr.experiments.runs import progress_of, run_pipeline, validation_results
 from pdnsr.models.pdn_model import build_in_process as build_model
+from pdnsr.tools.experiments.runs import progress_of, run_pipeline, validation_results
 
 TINY_NETS = {
     'EDSRPlus': dict(num_feat=16, num_block=2),
@@ -50,7 +50,7 @@ def tiny_options(data, name, net_type='EDSRPlus', total_iter=30, every_epochs=1,
 
 
 def run_cli(script, opt, root, *args, timeout=240, expect=0, **kwargs):
-    """``pdnsr/<script>`` on ``opt`` in a subprocess (:func:`pdnsr.experiments.runs.run_pipeline`, ``kwargs`` go
+    """``pdnsr/<script>`` on ``opt`` in a subprocess (:func:`pdnsr.tools.experiments.runs.run_pipeline`, ``kwargs`` go
     there); returns its log after checking the exit status."""
     result = run_pipeline(opt, str(root), script.replace('.py', ''), args, threads=1, timeout=timeout, **kwargs)
     log = open(result.log_path, encoding='utf-8').read()
@@ -60,13 +60,13 @@ def run_cli(script, opt, root, *args, timeout=240, expect=0, **kwargs):
 
 def log_values(log, key):
     """Values of ``key`` in basicsr's training progress lines, in order (e.g. iter, l_pix, temperature), as
-    :func:`pdnsr.experiments.runs.progress_of` reads them (the demo's progress and the GPU check's timings)."""
+    :func:`pdnsr.tools.experiments.runs.progress_of` reads them (the demo's progress and the GPU check's timings)."""
     return [p[key] for p in map(progress_of, log.splitlines()) if p is not None and key in p]
 
 
 def validation_psnrs(log):
-    """The PSNRs of basicsr's validation log lines, in order (:func:`pdnsr.experiments.runs.validation_results`, as
-    the GPU check and bench_quality.py read them)."""
+    """The PSNRs of basicsr's validation log lines, in order (:func:`~pdnsr.tools.experiments.runs.validation_results`,
+    as the GPU check and bench_quality.py read them)."""
     return [value for _, value in validation_results(log)]
 
 

@@ -1,7 +1,10 @@
-"""Checks of a ``network_g`` option section against the registered architectures, before anything is built."""
+"""Checks of a ``network_g`` option section against the registered architectures, and building it once checked."""
 
+import copy
 import inspect
+import os
 
+import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 
 
@@ -40,3 +43,63 @@ def check_network_options(opt_net, section='network_g'):
     if unknown:
         valid = sorted(set(params) - {'self'})
         raise ValueError(f'{section}: unknown option(s) {unknown} for type {net_type}; valid options: {valid}')
+
+
+def available_memory():
+    """Bytes of memory this machine can still give (``MemAvailable`` on Linux; all of it elsewhere), or None."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _gib(nbytes):
+    return f'{nbytes / 2**30:.1f} GiB'
+
+
+def build_network(opt_net, section='network_g', copies=1):
+    """The network of a ``network_g`` section, on the CPU, with fresh weights; its size is checked first.
+
+    The network is built once on the meta device (shapes, no memory) and refused when ``copies`` times its
+    parameters and buffers exceed the memory this machine has left (``copies``: 4 for training, which keeps the
+    weights, their gradients and Adam's two moments). A constructor that computes with tensor values (basicsr's
+    SwinIR) cannot run on the meta device; it is built directly, and a failed allocation is reported as one line.
+
+    Raises:
+        ValueError: the section is wrong (:func:`check_network_options`), the constructor refuses its arguments, or
+            the network does not fit in memory (naming its size and the memory there is).
+    """
+    check_network_options(opt_net, section)
+    cls = ARCH_REGISTRY.get(opt_net['type'])
+    args = {k: v for k, v in copy.deepcopy(dict(opt_net)).items() if k != 'type'}
+    try:
+        with torch.device('meta'):
+            shapes = cls(**copy.deepcopy(args))
+        nbytes = sum(t.numel() * t.element_size() for t in (*shapes.parameters(), *shapes.buffers()))
+        count = sum(p.numel() for p in shapes.parameters())
+    except (TypeError, ValueError) as err:
+        raise ValueError(f'{section}: {" ".join(str(err).split())}') from None
+    except (RuntimeError, NotImplementedError):  # a constructor that reads tensor values: measured when built
+        nbytes = None
+    free = available_memory()
+    if nbytes is not None and free is not None and nbytes * copies > free:
+        need = f'{copies} x {_gib(nbytes)}' if copies > 1 else _gib(nbytes)
+        raise ValueError(
+            f'{section}: {opt_net["type"]} would have {count:,} parameters ({_gib(nbytes)}); it needs {need} '
+            f'of memory but this machine has {_gib(free)} free: make it smaller (num_feat, num_block, dcm.num_kernels)'
+        )
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f'{section}: {" ".join(str(err).split())}') from None
+    except RuntimeError as err:
+        if 'alloc' not in str(err).lower() and 'memory' not in str(err).lower():
+            raise
+        raise ValueError(f"{section}: {opt_net['type']} does not fit in this machine's memory: {err}") from None

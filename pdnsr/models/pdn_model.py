@@ -26,7 +26,7 @@ from pdnsr.data.image_files import image_key
 from pdnsr.models.model_mixins import CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZeroValidationMixin
 from pdnsr.models.run_checks import check_pretrained_encoder, check_run_options
 from pdnsr.models.temperature import TemperatureSchedule, epoch_of_iter, iters_per_epoch
-from pdnsr.models.train_options import SpeedOptions
+from pdnsr.models.train_options import NonFiniteGuard, SpeedOptions
 from pdnsr.utils.visualization import overlay_heatmap
 
 
@@ -108,6 +108,7 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
             to_channels_last(self.net_g_ema)
         if self.speed.amp == 'fp16':
             self.scaler = torch.amp.GradScaler(self.device.type)
+        self.nonfinite = NonFiniteGuard(self.opt['train'], self.device, self.opt['path'].get('models', ''))
         if dcm_modules(self.net_g):
             self.temperature_schedule = TemperatureSchedule.from_opt(self.opt['train'].get('temperature'))
             self.set_temperature(self.temperature_schedule.at_epoch(0))
@@ -139,7 +140,7 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
         self.optimizer_g.zero_grad(set_to_none=True)
         n = self.speed.accumulate
         prompts = [None] * n if self.prompt is None else self.prompt.chunk(n)
-        log = OrderedDict()
+        log, loss = OrderedDict(), 0
         autocast = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(self.speed.amp)
         for i, (lq, gt, prompt) in enumerate(zip(self.lq.chunk(n), self.gt.chunk(n), prompts)):
             # Under DDP only the last micro-batch all-reduces the gradients.
@@ -149,14 +150,24 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
                     total, losses = self._losses(self._run(self._train_net, lq, prompt), gt)
                 total = total / n
                 (self.scaler.scale(total) if self.scaler else total).backward()
+            loss = loss + total.detach().float()
             for name, value in losses.items():
                 log[name] = log.get(name, 0) + value.detach().float() / n
+        self.log_dict = self.reduce_loss_dict(log)
+        # The GradScaler skips the steps of non-finite fp16 gradients itself (and lowers its scale): not a failure.
+        grads = (
+            []
+            if self.scaler
+            else [p.grad for g in self.optimizer_g.param_groups for p in g['params'] if p.grad is not None]
+        )
+        if not self.nonfinite.step_is_finite(loss, grads, current_iter, get_root_logger().warning):
+            self.optimizer_g.zero_grad(set_to_none=True)
+            return
         if self.scaler:
             self.scaler.step(self.optimizer_g)
             self.scaler.update()
         else:
             self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(log)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
@@ -193,6 +204,7 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
             self.set_temperature(self.temperature_schedule.at_epoch(epoch))
 
     def get_current_log(self):
+        self.nonfinite.check()  # the log is read on the host anyway: the flag costs no extra wait
         log = super().get_current_log()
         if self.current_temperature is not None:
             log['temperature'] = self.current_temperature
@@ -201,6 +213,16 @@ class PDNModel(CpuFriendlyMixin, DeferredLossLogMixin, MetricsTableMixin, RankZe
         return log
 
     # ------------------------------------------------------------------ saving and resuming
+    def save(self, epoch, current_iter):
+        """basicsr's save, refused after a non-finite step: the last checkpoint written stays the last good one."""
+        self.nonfinite.check()
+        super().save(epoch, current_iter)
+
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        if self.is_train:
+            self.nonfinite.check()
+        super().validation(dataloader, current_iter, tb_logger, save_img)
+
     def save_network(self, net, net_label, current_iter, param_key='params'):
         """basicsr's checkpoint layout (``params`` / ``params_ema``) plus the model's record of its prompts
         (:mod:`pdnsr.provenance`), written atomically. Rank 0 only."""

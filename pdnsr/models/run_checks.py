@@ -6,21 +6,24 @@ folder; ``PDNModel`` calls :func:`check_run_options` again for runs built from P
 logger: its first use configures the logger, and basicsr's pipeline would then never open its log file.
 """
 
-import argparse
+import copy
 import os
 import sys
 
 import torch
-import yaml
-from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+from basicsr.utils.registry import DATASET_REGISTRY
 
 from pdnsr import provenance
 from pdnsr.archs.dcm_arch import type_takes_prompt
-from pdnsr.archs.network_options import check_network_options
+from pdnsr.archs.network_options import build_network, check_network_options
 from pdnsr.checkpoints import adapt_dcm_layout, fit_state_dict, read_checkpoint, state_dict_of
+from pdnsr.data.image_files import image_size
 from pdnsr.data.prompt_store import PromptStore
+from pdnsr.errors import one_line
 from pdnsr.models.temperature import TemperatureSchedule
-from pdnsr.models.train_options import SpeedOptions, unknown_train_keys
+from pdnsr.models.train_options import NonFiniteGuard, SpeedOptions, unknown_train_keys
+from pdnsr.options import parse_options
+from pdnsr.paths import root_path
 
 
 def check_run_options(opt, warn=None):
@@ -46,6 +49,7 @@ def check_run_options(opt, warn=None):
         train_opt = opt['train']
         SpeedOptions.from_opt(train_opt, (datasets.get('train') or {}).get('batch_size_per_gpu'))
         TemperatureSchedule.from_opt(train_opt.get('temperature'))
+        NonFiniteGuard(train_opt, 'cpu', '')  # its option's check
         unknown = unknown_train_keys(train_opt)
         if unknown and warn is not None:
             warn(f'train: unknown option(s) {unknown} are ignored (a typo?)')
@@ -76,7 +80,6 @@ def check_run_options(opt, warn=None):
                     f'{path} holds prompt embeddings of size {store.dim} but network_g.prompt_dim is {prompt_dim}; '
                     f'build the store with a CLIP model of size {prompt_dim} or set prompt_dim: {store.dim}'
                 )
-            store.verify()  # every value's length now, not in a DataLoader worker after basicsr made its folders
             records[phase] = provenance.encoder_record(store.meta)
             store.close()
         except (OSError, ValueError) as err:
@@ -147,50 +150,87 @@ def check_pretrained_network(opt, net, stores_record):
     check_pretrained_encoder(provenance.of_checkpoint(checkpoint), stores_record, opt, load_path)
 
 
-def read_options(argv, is_train):
-    """The option dict ``pdnsr/train.py`` / ``pdnsr/test.py`` will run, as basicsr's ``parse_options`` makes it
-    (``-opt`` file, ``--force_yml`` updates, dataset phases and scale), without its side effects."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt', required=True)
-    parser.add_argument('--force_yml', nargs='+', default=None)
-    args, _ = parser.parse_known_args(argv)
-    if not os.path.isfile(args.opt):
-        raise FileNotFoundError(f'-opt {args.opt}: no such option file')
-    with open(args.opt, encoding='utf-8') as f:
+def network_scale(opt_net):
+    """The upscale factor a ``network_g`` section asks for (``upscale``, or RRDBNet's ``scale``; a ``PromptGuided``
+    section's ``base``), or None when it names none."""
+    for section in (opt_net, opt_net.get('base') if isinstance(opt_net.get('base'), dict) else {}):
+        for key in ('upscale', 'scale'):
+            if isinstance(section.get(key), int):
+                return section[key]
+    return None
+
+
+def _pair_sizes(dataset, dataset_opt):
+    """((h, w) of the GT, (h, w) of the LQ, GT path, LQ path) of a paired dataset's first pair, from the file headers
+    (disk) or the ``meta_info.txt`` of basicsr's LMDBs; None when neither tells."""
+    paths = getattr(dataset, 'paths', None)
+    if not paths:
+        return None
+    gt, lq = paths[0]['gt_path'], paths[0]['lq_path']
+    if (dataset_opt.get('io_backend') or {}).get('type') != 'lmdb':
+        sizes = image_size(gt), image_size(lq)
+        return None if None in sizes else (*sizes, gt, lq)
+    sizes = []
+    for root, key in ((dataset_opt['dataroot_gt'], gt), (dataset_opt['dataroot_lq'], lq)):
         try:
-            opt = yaml.load(f, Loader=ordered_yaml()[0])
-        except yaml.YAMLError as err:
-            raise ValueError(f'-opt {args.opt} is not valid YAML: {err}') from None
-    if not isinstance(opt, dict) or not isinstance(opt.get('network_g'), dict):
-        raise ValueError(f'-opt {args.opt}: no network_g section (a basicsr option file has one)')
-    for entry in args.force_yml or []:
-        keys, _, value = entry.partition('=')
-        target = opt
-        *parents, last = keys.strip().split(':')
-        for key in parents:
-            target = target.setdefault(key, {})
-        target[last] = _postprocess_yml_value(value.strip())
-    opt['is_train'] = is_train
+            with open(os.path.join(root, 'meta_info.txt')) as f:
+                found = [line.split() for line in f if line.split('.')[0] == key]
+            h, w = found[0][1].strip('()').split(',')[:2]
+            sizes.append((int(h), int(w)))
+        except (OSError, IndexError, ValueError):
+            return None
+    return (*sizes, f'{dataset_opt["dataroot_gt"]}[{gt}]', f'{dataset_opt["dataroot_lq"]}[{lq}]')
+
+
+def check_datasets(opt):
+    """Every dataset built once as basicsr will build it (its folders paired; a prompt store verified and every
+    image's prompt key found, :class:`~pdnsr.data.PromptPairedImageDataset`), the run's ``scale`` against the
+    network's, and the first pair's GT size against ``scale`` times its LQ size.
+
+    Raises:
+        ValueError: naming the dataset option, the file or key, the sizes and the scale.
+    """
+    scale, net_scale = opt.get('scale'), network_scale(opt['network_g'])
+    if net_scale is not None and scale is not None and net_scale != scale:
+        raise ValueError(
+            f'network_g makes x{net_scale} images but the option file says scale: {scale}; set both to the scale of '
+            'the data'
+        )
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
-        dataset_opt['phase'] = phase.split('_')[0]
-        if 'scale' in opt:
-            dataset_opt['scale'] = opt['scale']
-    return opt
+        try:
+            dataset = DATASET_REGISTRY.get(dataset_opt.get('type'))(copy.deepcopy(dataset_opt))
+        except AssertionError as err:  # basicsr asserts that the folders pair up
+            raise ValueError(f'datasets.{phase}: {" ".join(str(err).split())}') from None
+        except (OSError, ValueError, KeyError) as err:
+            raise type(err)(f'datasets.{phase}: {one_line(err)}') from None
+        sizes = _pair_sizes(dataset, dataset_opt)
+        if sizes is not None and scale is not None:
+            (gh, gw), (lh, lw), gt, lq = sizes
+            if (gh, gw) != (lh * scale, lw * scale):
+                raise ValueError(
+                    f'datasets.{phase}: {gt} is {gh}x{gw} but {lq} is {lh}x{lw}, not 1/{scale} of it (scale: {scale}); '
+                    'use the LR images of this scale or set scale to theirs'
+                )
 
 
 def preflight(kind, argv=None):
-    """The checks of :func:`check_run_options` on the options of ``pdnsr/<kind>.py``, plus building the network once
-    on the CPU (its constructor's own checks) and fitting ``path.pretrain_network_g`` to it
-    (:func:`check_pretrained_network`); raises before basicsr touches a folder."""
-    from basicsr.utils.registry import ARCH_REGISTRY
+    """Every check of ``pdnsr/<kind>.py``'s run, on the options basicsr will run (:func:`pdnsr.options.parse_options`
+    on the command line ``argv`` (default this process's), without its side effects), before basicsr touches a folder: the options
+    (:func:`check_run_options`), the network built once on the CPU after its size was checked against the memory
+    (:func:`~pdnsr.archs.network_options.build_network`), the datasets (:func:`check_datasets`) and
+    ``path.pretrain_network_g`` fitted to the network (:func:`check_pretrained_network`).
 
-    opt = read_options(sys.argv[1:] if argv is None else argv, kind == 'train')
+    Returns:
+        dict: the options.
+    """
+    opt, args = parse_options(root_path(), kind == 'train', effects=False, argv=argv)
+    for key in ('name', 'network_g'):
+        if not opt.get(key):
+            raise ValueError(f'-opt {args.opt}: no {key} (a basicsr option file has name:, network_g:, datasets:)')
     stores_record = check_run_options(
         opt, warn=lambda message: print(f'pdnsr-{kind}: warning: {message}', file=sys.stderr)
     )
-    try:
-        args = {k: v for k, v in opt['network_g'].items() if k != 'type'}
-        net = ARCH_REGISTRY.get(opt['network_g']['type'])(**args)  # not basicsr's build_network: it logs
-    except (TypeError, ValueError) as err:
-        raise ValueError(f'network_g: {" ".join(str(err).split())}') from None
+    net = build_network(opt['network_g'], copies=4 if kind == 'train' else 1)
+    check_datasets(opt)
     check_pretrained_network(opt, net, stores_record)
+    return opt

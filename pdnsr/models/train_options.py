@@ -12,14 +12,24 @@ All are off by default. ``accumulate: N`` keeps what an iteration is: ``batch_si
 one optimiser step (the learning rate, the EMA, the scheduler and the DCM temperature all count optimiser steps), and
 it is computed as N micro-batches of ``batch_size_per_gpu / N`` whose gradients add up to the whole batch's. So a
 recipe gives the same training with any ``accumulate`` (up to float rounding) and only its memory changes.
+
+``skip_nonfinite: N`` (default 0) decides what happens to a step whose loss or gradients are NaN or infinite: with 0
+the training stops at the first one (:class:`NonFiniteGuard`, exit status 1), keeping the last checkpoint; with N up
+to N such steps are skipped first, which costs a host sync per step on CUDA.
 """
 
+import glob
+import os
 from dataclasses import dataclass
+
+import torch
+
+from pdnsr.errors import RunFailed
 
 # basicsr's SRModel reads these train: keys; pdnsr adds the rest. Anything else is a typo or an option of another
 # basicsr model: named in a warning (basicsr itself ignores unknown keys silently).
 BASICSR_TRAIN_KEYS = ('ema_decay', 'optim_g', 'scheduler', 'total_iter', 'warmup_iter', 'pixel_opt', 'perceptual_opt')
-PDNSR_TRAIN_KEYS = ('temperature', 'amp', 'channels_last', 'compile', 'accumulate')
+PDNSR_TRAIN_KEYS = ('temperature', 'amp', 'channels_last', 'compile', 'accumulate', 'skip_nonfinite')
 AMP_DTYPES = ('bf16', 'fp16')
 COMPILE_KEYS = ('mode', 'dynamic', 'fullgraph', 'backend')
 # torch.compile's documented modes, for a torch without torch._inductor.list_mode_options.
@@ -126,3 +136,56 @@ class SpeedOptions:
 def unknown_train_keys(train_opt):
     """The keys of a ``train:`` section that neither basicsr's SRModel nor pdnsr reads, sorted."""
     return sorted(set(train_opt or {}) - set(BASICSR_TRAIN_KEYS) - set(PDNSR_TRAIN_KEYS))
+
+
+class TrainingDiverged(RunFailed):
+    """A training's loss or gradients became NaN or infinite: the run stops (exit status 1), nothing more is saved."""
+
+
+class NonFiniteGuard:
+    """Stops a training at its first step with a non-finite loss or gradient, or skips up to ``allowed`` of them.
+
+    On CUDA with ``allowed`` 0 nothing waits for the device: the first bad iteration is kept in a device tensor and
+    read where the training loop synchronises anyway (the log every ``print_freq`` iterations, saving, validation),
+    always before a checkpoint is written; the steps in between are wasted, never saved. On the CPU, or to skip
+    steps, each step is checked as it ends.
+    """
+
+    def __init__(self, train_opt, device, models_dir):
+        allowed = (train_opt or {}).get('skip_nonfinite', 0)
+        if isinstance(allowed, bool) or not isinstance(allowed, int) or allowed < 0:
+            raise ValueError(f'train.skip_nonfinite must be an integer >= 0, got {allowed!r}')
+        self.allowed, self.skipped, self.models_dir = allowed, 0, models_dir
+        self.each_step = allowed > 0 or torch.device(device).type != 'cuda'
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)
+
+    def step_is_finite(self, loss, grads, current_iter, warn):
+        """Whether the step may be taken: ``loss`` (a detached scalar) and ``grads`` finite. Raises
+        :class:`TrainingDiverged` past the allowed number of skipped steps."""
+        finite = torch.isfinite(loss)
+        if grads:
+            finite = finite & torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+        if not self.each_step:
+            self.first_bad.masked_fill_(~finite & (self.first_bad == 0), current_iter)
+            return True
+        if bool(finite):
+            return True
+        self.skipped += 1
+        if self.skipped > self.allowed:
+            self._stop(current_iter)
+        warn(f'iteration {current_iter}: the loss or a gradient is NaN or infinite; step skipped '
+             f'({self.skipped} of train.skip_nonfinite: {self.allowed})')  # fmt: skip
+        return False
+
+    def check(self):
+        """At a point where the device is waited for anyway: stop if an earlier step was not finite."""
+        if not self.each_step and int(self.first_bad):
+            self._stop(int(self.first_bad))
+
+    def _stop(self, iteration):
+        saved = sorted(glob.glob(os.path.join(self.models_dir, 'net_g_*.pth')), key=os.path.getmtime)
+        kept = f'the last checkpoint, {saved[-1]}, is kept' if saved else 'no checkpoint was saved before it'
+        raise TrainingDiverged(
+            f'training stopped: the loss or a gradient became NaN or infinite at iteration {iteration}; {kept}. Lower '
+            'the learning rate, or set train: skip_nonfinite: N to skip a few such steps'
+        )

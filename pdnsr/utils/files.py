@@ -7,21 +7,31 @@ a dot, so folder listings skip it, and a prefix by which an interrupted run's le
 """
 
 import contextlib
+import errno
 import os
 import shutil
 
 TMP_PREFIX = '.tmp-'
+DISK_FULL_BYTES = 1 << 20  # a write that fails with less free space than this failed for want of space
 
 
 @contextlib.contextmanager
 def written_atomically(path):
     """Yield a temporary name beside ``path`` (``<folder>/.tmp-<name>.<pid>``) to write to; it becomes ``path`` when
-    the block succeeds and is removed when it fails or is interrupted."""
+    the block succeeds and is removed when it fails or is interrupted; a write that fails on a full disk raises
+    ``OSError(ENOSPC)`` naming ``path`` (:func:`pdnsr.errors.one_line` says "no space left")."""
     folder, name = os.path.split(os.fspath(path))
     tmp = os.path.join(folder, f'{TMP_PREFIX}{name}.{os.getpid()}')
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as err:
+        # A full disk reaches here as ENOSPC, or as a writer's own error (torch.save: "unexpected pos ..."): both say
+        # so, with the file that was being written.
+        full = isinstance(err, OSError) and err.errno == errno.ENOSPC
+        if full or shutil.disk_usage(folder or '.').free < DISK_FULL_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path)) from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -30,6 +30,40 @@ def overlay_heatmap(image_bgr, mask, alpha=0.5):
     return cv2.addWeighted(image_bgr, 1 - alpha, heat, alpha, 0)
 
 
+# The colour bar beside every attention picture: JET from 0 (blue, bottom) to 1 (red, top), with three labels.
+BAR_W, BAR_LABEL_W, BAR_MARGIN, BAR_MIN_H = 14, 30, 8, 96
+
+
+def colour_bar(height):
+    """A vertical colour bar of :func:`attention_heatmap`'s colours, 1 at the top and 0 at the bottom, labelled
+    0, 0.5 and 1: (height, width, 3) uint8 BGR on white, ``height`` >= :data:`BAR_MIN_H`."""
+    height = max(int(height), BAR_MIN_H)
+    bar = np.full((height, BAR_MARGIN + BAR_W + BAR_LABEL_W, 3), 255, np.uint8)
+    top, bottom = BAR_MARGIN, height - BAR_MARGIN
+    values = np.linspace(1, 0, bottom - top)[:, None].repeat(BAR_W, axis=1)
+    bar[top:bottom, BAR_MARGIN : BAR_MARGIN + BAR_W] = attention_heatmap(values)
+    for value in (1, 0.5, 0):
+        y = int(round(top + (1 - value) * (bottom - top - 1)))
+        x = BAR_MARGIN + BAR_W + 3
+        cv2.putText(bar, f'{value:g}', (x, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    return bar
+
+
+def with_colour_bar(picture):
+    """``picture`` (uint8 BGR) with :func:`colour_bar` on its right; a picture lower than the bar sits at its top,
+    on white."""
+    bar = colour_bar(picture.shape[0])
+    out = np.full((bar.shape[0], picture.shape[1] + bar.shape[1], 3), 255, np.uint8)
+    out[: picture.shape[0], : picture.shape[1]] = picture
+    out[:, picture.shape[1] :] = bar
+    return out
+
+
+def attention_overlay(image_bgr, mask, alpha=0.5):
+    """What an attention PNG shows: :func:`overlay_heatmap` of ``mask`` over the image, with the colour bar."""
+    return with_colour_bar(overlay_heatmap(image_bgr, mask, alpha))
+
+
 # Picture grids: a white strip of LABEL_H pixels with the label above each panel, GAP white pixels between panels.
 LABEL_H = 28
 GAP = 4

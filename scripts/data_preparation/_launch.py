@@ -10,6 +10,6 @@ def run_command(name):
     """Run ``pdnsr-prepare NAME`` on this process's arguments, named after the script in its messages, and exit."""
     if REPO_ROOT not in sys.path:  # this checkout's pdnsr, even where another one is installed
         sys.path.insert(0, REPO_ROOT)
-    from pdnsr.data.preparation.cli import script_main
+    from pdnsr.tools.prepare.cli import script_main
 
     sys.exit(script_main(name))

@@ -1,5 +1,5 @@
 """An SR test set (Set5, Set14, Urban100, ...) from a folder of HR images, one scale per run: ``pdnsr-prepare
-benchmark``, see pdnsr/data/preparation/benchmark.py.
+benchmark``, see pdnsr/tools/prepare/benchmark.py.
 
 Example (from the repository root)::
 

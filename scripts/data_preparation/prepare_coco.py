@@ -1,4 +1,4 @@
-"""The PDN training set from MS-COCO (paper §4.1): ``pdnsr-prepare coco``, see pdnsr/data/preparation/coco.py.
+"""The PDN training set from MS-COCO (paper §4.1): ``pdnsr-prepare coco``, see pdnsr/tools/prepare/coco.py.
 
 Example (from the repository root)::
 

@@ -1,5 +1,5 @@
 """Face SR data, FFHQ and CelebA-HQ, x8 / x16 (paper §4.1): ``pdnsr-prepare faces``, see
-pdnsr/data/preparation/faces.py.
+pdnsr/tools/prepare/faces.py.
 
 Example (from the repository root), once per data set::
 

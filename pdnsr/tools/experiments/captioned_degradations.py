@@ -10,7 +10,7 @@ random-weight CLIP, whose embeddings of distinct captions are distinct but mean 
 The captions name the degradation, not the content. With real CLIP weights the same path carries content
 captions ("a zebra on grass"), the paper's setting.
 
-Used by ``benchmarks/bench_prompt_information.py`` and ``pdnsr/demo.py`` (one home for the degradations, their
+Used by ``benchmarks/bench_prompt_information.py`` and ``pdnsr/tools/demo.py`` (one home for the degradations, their
 captions, the per-key assignment and the "wrong caption" rule).
 """
 

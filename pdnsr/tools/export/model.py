@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from basicsr.archs import build_network
 
-from pdnsr.archs.dcm_arch import convert_state_dict_to_compact, dcm_modules, takes_prompt
+from pdnsr.archs.dcm_arch import convert_state_dict_to_compact, dcm_modules
+from pdnsr.data.image_files import read_rgb
 from pdnsr.errors import UserError
-from pdnsr.inference import load_network, prompt_encoder_for, read_network_options, read_rgb
+from pdnsr.inference import Upsampler
 from pdnsr.provenance import encoder_record, file_sha256
 
 PROMPT_SOURCES = ('text', 'image', 'embedding')
@@ -61,20 +62,20 @@ def exported_record(record, network_g):
     return record
 
 
-def load_for_export(opt_path, weights_path):
-    """``(network, network_g, record)``: the network of ``opt_path`` with the weights of ``weights_path`` (strict;
-    a paper bank converted to compact, :func:`to_compact`), eval, on the CPU; its ``network_g`` section as
-    the result needs it; the checkpoint's provenance record (``'pdnsr'`` entry; None for older checkpoints) as it
-    holds for the compact network (:func:`exported_record`).
+def load_for_export(opt_path, weights_path, **upsampler):
+    """``(upsampler, network, network_g, record)``: the :class:`~pdnsr.inference.Upsampler` of ``weights_path``
+    (``opt_path``: its option file, or None for the network the checkpoint records) on the CPU, for the prompt; its
+    network with a paper bank converted to compact (:func:`to_compact`), eval; the ``network_g`` section the result
+    needs; the checkpoint's provenance record (None for older checkpoints) as it holds for the compact network
+    (:func:`exported_record`).
 
     Raises:
         FileNotFoundError, ValueError: as :func:`pdnsr.inference.load_network` (the message names the first key
             that does not fit).
     """
-    net, _, record = load_network(opt_path, weights_path, torch.device('cpu'))
-    network_g = dict(read_network_options(opt_path))
-    net, network_g = to_compact(net, network_g)
-    return net.eval(), network_g, exported_record(record, network_g)
+    up = Upsampler.from_checkpoint(weights_path, opt_path, 'cpu', **upsampler)
+    net, network_g = to_compact(up.net, up.network_g)
+    return up, net.eval(), network_g, exported_record(up.record, network_g)
 
 
 def input_channels(network_g):
@@ -83,18 +84,13 @@ def input_channels(network_g):
     return int(section.get('num_in_ch', section.get('in_chans', 3)))
 
 
-def encode_prompt(net, source, value, *, clip_model, clip_pretrained, view=None, record=None, force=False, warn=None):
-    """The ``(1, prompt_dim)`` float32 embedding to bake into ``net``, and a description of where it came from.
+def encode_prompt(up, source, value):
+    """The ``(1, prompt_dim)`` float32 embedding to bake into the network of the Upsampler ``up`` (whose CLIP
+    encoder and image view are the checkpoint's, :class:`~pdnsr.inference.Upsampler`), and where it came from.
 
     Args:
-        net (torch.nn.Module): a prompt-guided network.
-        source (str): ``'text'`` (``value`` is the caption), ``'image'`` (an image file, encoded in ``view``) or
+        source (str): ``'text'`` (``value`` is the caption), ``'image'`` (an image file, encoded in ``up.view``) or
             ``'embedding'`` (a ``.npy`` file of shape (d,) or (1, d)).
-        clip_model, clip_pretrained (str | None): the open_clip encoder for text and image prompts; None: the one
-            the checkpoint records (:func:`pdnsr.inference.prompt_encoder_for`).
-        view (str | None): image view; None: the one the checkpoint's training prompts used, else flip.
-        record (dict | None): the checkpoint's provenance record: its prompt encoder must be the one used here
-            (``force`` turns the refusal into ``warn(message)``).
 
     Returns:
         tuple: ``(prompt (1, d), source)`` with ``source`` a JSON-able dict (kind, text or file name and SHA-256,
@@ -106,18 +102,16 @@ def encode_prompt(net, source, value, *, clip_model, clip_pretrained, view=None,
     """
     if source not in PROMPT_SOURCES:
         raise ValueError(f'prompt source must be one of {list(PROMPT_SOURCES)}, got {source!r}')
-    if not takes_prompt(net):
-        raise UserError(f'{type(net).__name__} is a baseline network (no DCM): it takes no prompt to bake in')
+    if not up.takes_prompt:
+        raise UserError(f'{type(up.net).__name__} is a baseline network (no DCM): it takes no prompt to bake in')
     if source == 'embedding':
-        return _read_embedding(value, net.prompt_dim)
+        return _read_embedding(value, up.prompt_dim)
     rgb = read_rgb(value) if source == 'image' else None  # cheap errors before CLIP loads
-    encoder = prompt_encoder_for(record, net.prompt_dim, clip_model, clip_pretrained, 'cpu', force, warn)
-    view = view or ((record or {}).get('prompt_encoder') or {}).get('view') or 'flip'
-    used = encoder_record({**encoder.metadata(), 'kind': source, 'view': view if rgb is not None else None})
+    prompt = up.encode(value if rgb is None else rgb).float()
+    used = encoder_record({**up.encoder.metadata(), 'kind': source, 'view': up.view if rgb is not None else None})
     if rgb is None:
-        return encoder.encode_text([value]).float(), {'kind': 'text', 'text': value, 'encoder': used}
-    prompt = encoder.encode_images([rgb], view=view).float()
-    return prompt, {'kind': 'image', **_file_source(value), 'view': view, 'encoder': used}
+        return prompt, {'kind': 'text', 'text': value, 'encoder': used}
+    return prompt, {'kind': 'image', **_file_source(value), 'view': up.view, 'encoder': used}
 
 
 def _file_source(path):

@@ -30,12 +30,12 @@ import os
 
 import cv2
 
-from pdnsr.cli import check_output_folder
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import image_key, image_size, write_image
-from pdnsr.data.preparation import common
 from pdnsr.errors import UserError
 from pdnsr.prompts.build import load_captions
+from pdnsr.tools.cli import check_apart, check_output_folder
+from pdnsr.tools.prepare import common
 
 NAME = 'coco'
 SCRIPT = 'prepare_coco.py'
@@ -87,7 +87,7 @@ def process_image(task):
             name = f'{key}_s{index:03d}.png'
             gt_path = os.path.join(out_dir, 'GT', name)
             lr_paths = [os.path.join(out_dir, f'LRx{s}', name) for s in opt['scales']]
-            if common.all_exist(lr_paths + [gt_path]):
+            if common.all_exist(lr_paths + [gt_path], opt['overwrite']):
                 continue
             crop = img[y : y + size, x : x + size]
             for scale, lr_path in zip(opt['scales'], lr_paths):
@@ -174,6 +174,7 @@ def run(args):
     }
     captions = read_captions(args.captions, paths, opt) if args.prompts else None
     check_output_folder(args.output)
+    check_apart(args.output, '--output', reads={'--images': args.images}, refers={'--captions': args.captions})
     store = os.path.join(args.output, 'prompts_text.lmdb')
     encoder = None
     if args.prompts and common.prompt_store_needs_encoder(args, 'text', store):
@@ -181,11 +182,13 @@ def run(args):
 
     subdirs = ['GT'] + [f'LRx{s}' for s in scales]
     common.prepare_output(args.output, subdirs, dict(opt, script=SCRIPT), args.overwrite)
-    opt['png_params'] = [cv2.IMWRITE_PNG_COMPRESSION, args.compress_level]
+    opt.update(png_params=[cv2.IMWRITE_PNG_COMPRESSION, args.compress_level], overwrite=args.overwrite)
     tasks = [(p, args.output, opt) for p in paths]
     folders = [os.path.join(args.output, sub) for sub in subdirs]
     results, skipped = common.process_images(process_image, tasks, args, 'crop+LR', folders)
 
+    names = [f'{r[0]}_s{i:03d}.png' for r in results for i in range(1, r[2] + 1)]
+    common.finish_output(args.output, [f'{sub}/{name}' for name in names for sub in subdirs], args.overwrite)
     kept = [r[0] for r in results if r[1] == 'kept']
     small = sum(r[1] == 'small' for r in results)
     narrow = sum(r[1] == 'narrow' for r in results)

@@ -24,11 +24,11 @@ import os
 import numpy as np
 from basicsr.utils.matlab_functions import imresize
 
-from pdnsr.cli import add_view_argument, check_output_folder
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import image_key, write_image
-from pdnsr.data.preparation import common
 from pdnsr.errors import UserError
+from pdnsr.tools.cli import add_view_argument, check_apart, check_output_folder
+from pdnsr.tools.prepare import common
 
 NAME = 'faces'
 SCRIPT = 'prepare_faces.py'
@@ -50,16 +50,16 @@ def to_hr(img, hr_size):
 
 
 def process_image(task):
-    """Make HR and LR files for one face. task: (path, out_dir, hr_size, scales, sigma).
+    """Make HR and LR files for one face. task: (path, out_dir, hr_size, scales, sigma, overwrite).
 
     Returns:
         tuple | common.Skipped: (key, status), status 'written', 'complete' or 'small'.
     """
-    path, out_dir, hr_size, scales, sigma = task
+    path, out_dir, hr_size, scales, sigma, overwrite = task
     key = image_key(path)
     hr_path = os.path.join(out_dir, 'HR', f'{key}.png')
     lr_paths = [os.path.join(out_dir, f'LRx{s}', f'{key}.png') for s in scales]
-    if common.all_exist(lr_paths + [hr_path]):
+    if common.all_exist(lr_paths + [hr_path], overwrite):
         return key, 'complete'
     read = common.read_input(path)
     if isinstance(read, common.Skipped):
@@ -94,6 +94,7 @@ def run(args):
         raise UserError(f'--hr-size {args.hr_size} is not a multiple of scale(s) {bad}')
     paths = common.list_images(args.input)
     check_output_folder(args.output)
+    check_apart(args.output, 'output', reads={'input': args.input})
     stores = {s: os.path.join(args.output, f'prompts_image_x{s}.lmdb') for s in scales} if args.prompts else {}
     needed = [common.prompt_store_needs_encoder(args, 'image', out, args.view) for out in stores.values()]
     encoder = common.load_encoder(args) if any(needed) else None
@@ -101,10 +102,12 @@ def run(args):
     info = {'script': SCRIPT, 'hr_size': args.hr_size, 'scales': scales, 'sigma': args.sigma}
     subdirs = ['HR'] + [f'LRx{s}' for s in scales]
     common.prepare_output(args.output, subdirs, info, args.overwrite)
-    tasks = [(p, args.output, args.hr_size, scales, args.sigma) for p in paths]
+    tasks = [(p, args.output, args.hr_size, scales, args.sigma, args.overwrite) for p in paths]
     folders = [os.path.join(args.output, sub) for sub in subdirs]
     results, skipped = common.process_images(process_image, tasks, args, f'HR{args.hr_size}+LR', folders)
 
+    produced = [r[0] for r in results if r[1] != 'small']
+    common.finish_output(args.output, [f'{sub}/{key}.png' for key in produced for sub in subdirs], args.overwrite)
     status = [r[1] for r in results]
     print(
         f'{len(paths)} images: {status.count("written")} written, {status.count("complete")} already complete, '

@@ -23,12 +23,12 @@ import os
 
 from basicsr.data.transforms import mod_crop
 
-from pdnsr.cli import add_view_argument, check_output_folder
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.data.image_files import image_key, write_image
-from pdnsr.data.preparation import common
 from pdnsr.errors import UserError
 from pdnsr.prompts.build import load_captions
+from pdnsr.tools.cli import add_view_argument, check_apart, check_output_folder
+from pdnsr.tools.prepare import common
 
 NAME = 'benchmark'
 SCRIPT = 'prepare_benchmark.py'
@@ -36,16 +36,16 @@ DESCRIPTION = 'Mod-crop HR test images, make LR by Gaussian blur + MATLAB bicubi
 
 
 def process_image(task):
-    """Mod-crop and degrade one image. task: (path, out_dir, scale, sigma).
+    """Mod-crop and degrade one image. task: (path, out_dir, scale, sigma, overwrite).
 
     Returns:
         tuple | common.Skipped: (key, written, grey, cropped).
     """
-    path, out_dir, scale, sigma = task
+    path, out_dir, scale, sigma, overwrite = task
     key = image_key(path)
     hr_path = os.path.join(out_dir, 'HR', f'{key}.png')
     lr_path = os.path.join(out_dir, f'LRx{scale}', f'{key}.png')
-    if common.all_exist([hr_path, lr_path]):
+    if common.all_exist([hr_path, lr_path], overwrite):
         return key, False, False, False
     read = common.read_input(path)
     if isinstance(read, common.Skipped):
@@ -125,6 +125,7 @@ def run(args):
     paths = common.list_images(args.input)
     captions = load_benchmark_captions(args, [image_key(p) for p in paths]) if kind in ('text', 'mixed') else None
     check_output_folder(args.output)
+    check_apart(args.output, 'output', reads={'input': args.input}, refers={'--captions': args.captions})
     store = os.path.join(args.output, store_name(kind, args)) if kind else None
     encoder = None
     if kind and common.prompt_store_needs_encoder(args, kind, store, args.view):
@@ -133,9 +134,10 @@ def run(args):
     lr_dir = f'LRx{args.scale}'
     info = {'script': SCRIPT, 'scale': args.scale, 'sigma': args.sigma, 'bicubic': 'basicsr matlab imresize'}
     common.prepare_output(args.output, ['HR', lr_dir], info, args.overwrite)
-    tasks = [(p, args.output, args.scale, args.sigma) for p in paths]
+    tasks = [(p, args.output, args.scale, args.sigma, args.overwrite) for p in paths]
     folders = [os.path.join(args.output, sub) for sub in ('HR', lr_dir)]
     results, skipped = common.process_images(process_image, tasks, args, f'HR/LRx{args.scale}', folders)
+    common.finish_output(args.output, [f'{sub}/{r[0]}.png' for r in results for sub in ('HR', lr_dir)], args.overwrite)
 
     written = sum(r[1] for r in results)
     grey = [r[0] for r in results if r[2]]

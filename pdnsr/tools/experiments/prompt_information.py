@@ -1,11 +1,11 @@
 """Prompts that carry information: the captioned-degradation experiment of the demo and the benchmark.
 
-Each LR image is made with one of K known degradations (:mod:`pdnsr.data.captioned_degradations`; by default a
+Each LR image is made with one of K known degradations (:mod:`.captioned_degradations`; by default a
 Gaussian blur of sigma 0.4 or 2.0 before MATLAB bicubic) and its caption names it ("a sharp photo" / "a blurry
 photo"): information the LR image hides. A baseline and its "+" twin train with one recipe in ``pdnsr/train.py``
-subprocesses (:mod:`pdnsr.experiments.runs`); the "+" network is scored with the right caption, the swapped one and
-a zero prompt, read by ``PromptPairedImageDataset`` and run by :func:`pdnsr.inference.super_resolve`. The demo
-(``pdnsr/demo.py``) is its small preset, ``benchmarks/bench_prompt_information.py`` its full one.
+subprocesses (:mod:`.runs`); the "+" network is scored with the right caption, the swapped one and
+a zero prompt, read by ``PromptPairedImageDataset`` and run by :class:`pdnsr.inference.Upsampler`. The demo
+(``pdnsr/tools/demo.py``) is its small preset, ``benchmarks/bench_prompt_information.py`` its full one.
 """
 
 import os
@@ -20,14 +20,14 @@ from pdnsr import options as opts
 from pdnsr import provenance
 from pdnsr.archs.dcm_arch import dcm_modules
 from pdnsr.archs.plus_util import DCM_OPTIONS
-from pdnsr.data import captioned_degradations as cdeg
 from pdnsr.data.prompt_paired_image_dataset import PromptPairedImageDataset
 from pdnsr.data.prompt_store import PromptStore
-from pdnsr.experiments.runs import hashed_name
-from pdnsr.inference import load_network, super_resolve
+from pdnsr.inference import Upsampler
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
-from pdnsr.utils import sample_data
+from pdnsr.tools import sample_data
+from pdnsr.tools.experiments import captioned_degradations as cdeg
+from pdnsr.tools.experiments.runs import hashed_name
 from pdnsr.utils.files import fill_once
 
 # --network NAME -> (baseline type, "+" type); both take the recipe's num_feat and num_block.
@@ -35,8 +35,8 @@ NETWORK_PAIRS = {'EDSR': ('EDSR', 'EDSRPlus'), 'RRDBNet': ('RRDBNet', 'RRDBNetPl
 DEFAULT_ROUTER = DCM_OPTIONS['router']
 PLUS_MODES = ('right', 'swapped', 'zero')  # which prompt the "+" network is given at test time
 SATURATED = 0.02  # a mask value below this or above 1 - this counts as saturated
-# Per-DCM statistics of an attention mask (1, 1, h, w): its mean, and its share of saturated values.
-MASK_STATS = {'mask': torch.mean, 'saturated': lambda m: ((m < SATURATED) | (m > 1 - SATURATED)).float().mean()}
+# Per-DCM statistics of an attention mask (h, w): its mean, and its share of saturated values.
+MASK_STATS = {'mask': np.mean, 'saturated': lambda m: ((m < SATURATED) | (m > 1 - SATURATED)).mean()}
 
 
 @dataclass(frozen=True)
@@ -191,14 +191,16 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
         under the right and the swapped caption (per DCM), and per mode the mean mask, its saturated share, and the
         mean |mask(right) - mask(swapped)| (per DCM); ``temperature``, ``zeta``. With ``keep_images``, of the last
         image of each set, ``images[set][degradation]``: {mode: uint8 BGR SR image, 'hr' / 'lr': HR / LR image, 'masks':
-        {mode: {dcm: (1, 1, h, w) mask}}}.
+        {mode: {dcm: (h, w) mask}}}.
     """
-    net, _, record = load_network(opt_path, weights, 'cpu')
+    up = Upsampler.from_checkpoint(weights, opt_path, 'cpu')
     if prompted:  # the test prompts must come from the embedding space the model was trained in
-        trained = (record or {}).get('prompt_encoder')
         for *_, store, _swapped in tests.values():
-            provenance.check_same_space(trained, provenance.encoder_record(PromptStore(store).meta), weights, store)
-    dcms = dcm_modules(net)
+            provenance.check_same_space(
+                up.trained_encoder, provenance.encoder_record(PromptStore(store).meta), weights, store
+            )
+    dcms = dcm_modules(up.net)
+    attention = prompted and all(d.use_attention for d in dcms)  # DCMs built without attention have no mask
     out = {'scores': {}, 'diag': {}}
     for (set_name, deg_name), (hr, lr, *stores) in tests.items():
         # The test folder as the dataset class reads it (validation form: each image's first prompt).
@@ -207,26 +209,29 @@ def evaluate(opt_path, weights, tests, scale, prompted, keep_images=False):
         cell = out['scores'].setdefault(set_name, {}).setdefault(deg_name, {})
         diag = out['diag'].setdefault(deg_name, {'mask': {}, 'saturated': {}, 'right_vs_swapped': []})
         for i in range(len(right)):
-            # An odd LR size for RRDBNet at x2 is reflection-padded and cropped back by super_resolve (input_multiple).
+            # An odd LR size for RRDBNet at x2 is reflection-padded and cropped back (input_multiple).
             item, gt, modes = right[i], tensor2img(right[i]['gt']), {'baseline': None}
+            lr_bgr = tensor2img(item['lq'])
             if prompted:
-                modes = {'right': item['prompt'][None], 'swapped': wrong[i]['prompt'][None], 'zero': None}
+                modes = {'right': item['prompt'], 'swapped': wrong[i]['prompt'], 'zero': None}
                 with torch.no_grad():
-                    diag['pi'] = {m: [d.kernel_weights(modes[m])[0].tolist() for d in dcms] for m in PLUS_MODES[:2]}
+                    pi = {m: [d.kernel_weights(modes[m][None])[0].tolist() for d in dcms] for m in PLUS_MODES[:2]}
+                    diag['pi'] = pi
             srs, masks = {}, {}
             for mode, prompt in modes.items():
-                sr, masks[mode] = super_resolve(net, item['lq'][None], prompt, keep_attention=True, scale=scale)
-                srs[mode] = tensor2img(sr)
+                result = up.enhance(lr_bgr[..., ::-1], prompt, attention=attention)
+                sr, masks[mode] = result if attention else (result, {})
+                srs[mode] = np.ascontiguousarray(sr[..., ::-1])
                 cell.setdefault(mode, []).append(score(srs[mode], gt, scale))
             if keep_images:  # the last image's are the ones left
-                kept = dict(srs, hr=gt, lr=tensor2img(item['lq']), masks=masks)
+                kept = dict(srs, hr=gt, lr=lr_bgr, masks=masks)
                 out.setdefault('images', {}).setdefault(set_name, {})[deg_name] = kept
-            if prompted and masks['right']:  # DCMs built without attention have no mask
+            if attention:
                 for key, stat in MASK_STATS.items():
                     for mode, m in masks.items():
                         diag[key].setdefault(mode, []).append([float(stat(m[j])) for j in sorted(m)])
                 m, s = masks['right'], masks['swapped']
-                diag['right_vs_swapped'].append([float((m[j] - s[j]).abs().mean()) for j in sorted(m)])
+                diag['right_vs_swapped'].append([float(np.abs(m[j] - s[j]).mean()) for j in sorted(m)])
     for diag in out['diag'].values():  # per-image lists -> means per DCM
         diag.update({key: {mode: np.mean(v, axis=0).tolist() for mode, v in diag[key].items()} for key in MASK_STATS})
         diffs = diag['right_vs_swapped']

@@ -21,9 +21,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pdnsr.errors import UserError
+from pdnsr.errors import RunFailed
 
-PDNSR_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PDNSR_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # pdnsr/
 # A progress line of basicsr's training log (MessageLogger), console and log file alike: '2026-01-01 12:00:00,123
 # INFO: [demo_..][epoch:  0, iter:      50, lr:(1.000e-03,)] [eta: 0:01:02, time (data): 0.100 (0.010)] l_pix:
 # 1.2345e-02 temperature: 3.4000e+01'
@@ -31,10 +31,6 @@ _PROGRESS = re.compile(
     r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO: \[[^\]]*\]\[epoch:.*?iter:\s*([\d,]+), lr:\(.*?\)\] '
     r'(?:\[eta: ([^,\]]+).*?\] )?(.*)$'
 )
-
-
-class RunFailed(UserError):
-    """A run exited with an error; the message holds the tail of its log."""
 
 
 @dataclass

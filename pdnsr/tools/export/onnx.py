@@ -5,7 +5,7 @@ out (not clamped, like the network; :class:`OnnxNetwork` clamps as ``super_resol
 
 - ``two-input``: a prompt-guided network with the prompt as a second input, ``prompt (N, prompt_dim)`` float32;
 - ``baked``: a prompt-guided network with one prompt built in (``image`` in, ``output`` out: the interface every
-  ONNX SR tool expects); the DCMs are plain convolutions (:class:`pdnsr.export.standins.BakedDCM`);
+  ONNX SR tool expects); the DCMs are plain convolutions (:class:`pdnsr.tools.export.standins.BakedDCM`);
 - ``image-only``: a baseline network (EDSR, RCAN, RDN...).
 
 N, H and W are dynamic, except for SwinIR, whose basicsr code turns shapes into Python integers (``window_reverse``,
@@ -30,9 +30,9 @@ from basicsr.archs.swinir_arch import SwinIR
 import pdnsr
 from pdnsr.archs.dcm_arch import takes_prompt
 from pdnsr.errors import UserError
-from pdnsr.export import require
-from pdnsr.export.standins import ExportModule
 from pdnsr.inference import resolve_device
+from pdnsr.tools.export import require
+from pdnsr.tools.export.standins import ExportModule
 from pdnsr.utils.files import written_atomically
 
 META_KEY = 'pdnsr'
@@ -241,7 +241,7 @@ def export_onnx(
             rounded up to a multiple of its window size).
         channels (int): image channels of the input.
         metadata (dict | None): merged into the graph's ``pdnsr`` metadata (provenance, prompt source...).
-        form (str): the two-input DCM formulation (:data:`pdnsr.export.standins.FORMS`).
+        form (str): the two-input DCM formulation (:data:`pdnsr.tools.export.standins.FORMS`).
         opset (int): ONNX opset, >= :data:`MIN_OPSET`.
 
     Returns:

@@ -9,9 +9,11 @@ prompt stores, loading CLIP) runs before the image work, which can take hours on
 
 Idempotency: every image is written under a temporary name in its final folder and then moved into place with
 ``os.replace``, so a file that exists under its final name is complete. A rerun skips an item whose outputs all
-exist. Each output folder also keeps ``prepare_info.json`` with the options that produced it: a rerun with
-different options (another sigma, scale, crop size...) is refused instead of silently mixing two datasets,
-unless ``--overwrite`` is given.
+exist. Each output folder also keeps ``prepare_info.json`` with the options that produced it and the files it wrote:
+a rerun with different options (another sigma, scale, crop size...) is refused instead of silently mixing two
+datasets, unless ``--overwrite`` is given; then every output is written again and, of the earlier outputs, only the
+files the manifest lists are removed. An output folder is never an input folder, nor holds one
+(:func:`pdnsr.tools.cli.check_apart`).
 """
 
 import argparse
@@ -26,12 +28,12 @@ from typing import NamedTuple
 import cv2
 from tqdm import tqdm
 
-from pdnsr.cli import add_clip_arguments
 from pdnsr.data.image_files import IMAGE_SUFFIXES, UnreadableImage, image_key, read_bgr, scan_images
 from pdnsr.data.prompt_store import PromptStore, partial_path
 from pdnsr.errors import UserError
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import PromptEncoder, WeightsUnavailable
+from pdnsr.tools.cli import add_clip_arguments
 from pdnsr.utils.files import TMP_PREFIX, write_text
 
 MANIFEST = 'prepare_info.json'
@@ -171,9 +173,10 @@ def load_encoder(args):
 # ---------------------------------------------------------------- output folders
 
 
-def all_exist(paths):
-    """True when every output exists (writes are atomic, so an existing file is a complete one)."""
-    return all(os.path.isfile(p) for p in paths)
+def all_exist(paths, overwrite=False):
+    """True when every output exists (writes are atomic, so an existing file is a complete one) and is not to be
+    written again (``overwrite``)."""
+    return not overwrite and all(os.path.isfile(p) for p in paths)
 
 
 def remove_stale_temps(folder):
@@ -188,40 +191,69 @@ def remove_stale_temps(folder):
                     os.remove(path)
 
 
+def _manifest(out_dir):
+    """The manifest of an output folder (its options and ``files``, the outputs it recorded), or None."""
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as err:
+        raise UserError(f'{path} is not a readable manifest ({err}); delete it to prepare {out_dir} again') from None
+    if not isinstance(manifest, dict):
+        raise UserError(f'{path} is not a manifest of a pdnsr preparation; delete it to prepare {out_dir} again')
+    return manifest
+
+
+def _options(manifest):
+    return {k: v for k, v in manifest.items() if k != 'files'}
+
+
 def prepare_output(out_dir, subdirs, info, overwrite):
-    """Create the output folders and check ``prepare_info.json`` against the current options.
+    """Create the output folders and check the manifest ``prepare_info.json`` against the current options.
 
     Args:
         out_dir (str): Output root.
         subdirs (list[str]): Image folders inside it.
         info (dict): JSON-serialisable options that determine the output content.
-        overwrite (bool): Delete the listed folders (and the manifest) first.
+        overwrite (bool): other options are allowed: every output is written again (:func:`finish_output`
+            removes only the files an earlier run recorded and this one did not write).
 
     Raises:
         UserError: the folder was prepared with other options and ``overwrite`` is false.
     """
-    manifest = os.path.join(out_dir, MANIFEST)
-    if overwrite:
-        for sub in subdirs:
-            shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
-        if os.path.exists(manifest):
-            os.remove(manifest)
-    elif os.path.exists(manifest):
-        with open(manifest) as f:
-            old = json.load(f)
-        if old != info:
-            diff = sorted(k for k in set(old) | set(info) if old.get(k) != info.get(k))
-            raise UserError(
-                f'{out_dir} was prepared with other options ({", ".join(diff)} differ); '
-                'use another output folder or pass --overwrite'
-            )
+    old = _manifest(out_dir)
+    if old is not None and not overwrite and _options(old) != info:
+        diff = sorted(k for k in set(_options(old)) | set(info) if old.get(k) != info.get(k))
+        raise UserError(
+            f'{out_dir} was prepared with other options ({", ".join(diff)} differ); '
+            'use another output folder or pass --overwrite'
+        )
     os.makedirs(out_dir, exist_ok=True)
     remove_stale_temps(out_dir)
     for sub in subdirs:
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
         remove_stale_temps(os.path.join(out_dir, sub))
-    if not os.path.exists(manifest):  # an identical manifest is left untouched: reruns change nothing on disk
-        write_text(manifest, json.dumps(info, indent=1, sort_keys=True))
+    if old is None or _options(old) != info:  # an identical manifest is left untouched: reruns change nothing
+        write_text(os.path.join(out_dir, MANIFEST), json.dumps({**info, 'files': (old or {}).get('files', [])}))
+
+
+def finish_output(out_dir, files, overwrite):
+    """Record ``files`` (paths relative to ``out_dir``: every output of this run, written or already complete) in
+    the manifest. With ``overwrite``, the files an earlier run recorded that this one did not produce are removed:
+    only those, so nothing the command did not write itself is ever deleted."""
+    manifest = _manifest(out_dir)
+    old = set(manifest.get('files', []))
+    if overwrite:
+        for rel in sorted(old - set(files)):
+            path = os.path.normpath(os.path.join(out_dir, rel))
+            if os.path.dirname(path).startswith(os.path.abspath(out_dir)) and os.path.isfile(path):
+                os.remove(path)
+        old = set()
+    recorded = sorted(old | set(files))
+    if recorded != manifest.get('files'):
+        write_text(os.path.join(out_dir, MANIFEST), json.dumps({**manifest, 'files': recorded}))
 
 
 # ---------------------------------------------------------------- image work

@@ -2,13 +2,13 @@
 
 Each command is a module with ``NAME``, ``SCRIPT`` (its script's file name, recorded in ``prepare_info.json``),
 ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args)``; this module only parses and dispatches, and reports
-user errors through :func:`pdnsr.cli.run_main` (one line, exit status 2).
+user errors through :func:`pdnsr.tools.cli.run_main` (one line, exit status 2).
 """
 
 import argparse
 
-from pdnsr.cli import run_main
-from pdnsr.data.preparation import benchmark, coco, faces
+from pdnsr.errors import run_main
+from pdnsr.tools.prepare import benchmark, coco, faces
 
 COMMANDS = {module.NAME: module for module in (coco, faces, benchmark)}
 PROG = 'pdnsr-prepare'

@@ -5,16 +5,16 @@
     pdnsr-export --opt ... --weights ... --output edsr_plus_x4.safetensors --prompt "a zebra on grass"  # spandrel
 
 Exit status 0 once the file is written (an ONNX graph only after onnxruntime reproduced PyTorch on a random image);
-2 for a user error (one line on stderr, :func:`pdnsr.cli.run_main`), and then no file is left behind.
+2 for a user error (one line on stderr, :func:`pdnsr.tools.cli.run_main`), and then no file is left behind.
 """
 
 import argparse
 import os
 import sys
 
-from pdnsr.cli import add_clip_arguments, add_view_argument, run_main
-from pdnsr.errors import UserError
-from pdnsr.export.onnx import MIN_OPSET, OPSET, check_opset
+from pdnsr.errors import UserError, run_main
+from pdnsr.tools.cli import add_clip_arguments, add_view_argument, check_apart
+from pdnsr.tools.export.onnx import MIN_OPSET, OPSET, check_opset
 
 FORMATS = {'.onnx': 'onnx', '.safetensors': 'spandrel'}
 
@@ -25,7 +25,7 @@ def build_parser(prog='pdnsr-export'):
         description='Export a pdnsr network: an ONNX graph (two inputs, image and prompt, or one prompt baked in) or '
         'a safetensors file with its prompt that spandrel loads (chaiNNer, ComfyUI).',
     )
-    parser.add_argument('--opt', required=True, help='option YAML with the network_g section (train or test file)')
+    parser.add_argument('--opt', help='option YAML with network_g (default: the network the checkpoint records)')
     parser.add_argument('--weights', required=True, help='checkpoint .pth (params_ema, else params); paper or compact')
     parser.add_argument('--output', '-o', required=True, help='the file to write: .onnx or .safetensors')
     parser.add_argument(
@@ -77,7 +77,7 @@ def _fixed_size(text):
 
 def run(args):
     """The command's work once arguments are parsed: checks, load, encode the prompt, write; prints one line."""
-    from pdnsr.export import model, require
+    from pdnsr.tools.export import model, require
 
     fmt = _format(args)
     fixed_size = _fixed_size(args.fixed_size)
@@ -90,40 +90,35 @@ def run(args):
     # The packages of the deploy extra, before minutes of loading and encoding.
     for package in ('onnx', 'onnxruntime') if fmt == 'onnx' else ('spandrel', 'safetensors'):
         require(package, f'pdnsr-export --format {fmt}')
+    refers = {'--opt': args.opt, '--prompt-image': args.prompt_image, '--prompt-embedding': args.prompt_embedding}
+    check_apart(args.output, '--output', reads={'--weights': args.weights}, refers=refers)
     if os.path.isdir(args.output):
         raise UserError(f'--output {args.output} is a folder; give the file to write')
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise UserError(f'--output {args.output}: the folder {folder} does not exist')
-    net, network_g, record = model.load_for_export(args.opt, args.weights)
+    clip = dict(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, force_encoder=args.force_encoder)
+    warn = lambda message: print(f'warning: {message}', file=sys.stderr)  # noqa: E731
+    up, net, network_g, record = model.load_for_export(args.opt, args.weights, view=args.prompt_view, warn=warn, **clip)
     channels = model.input_channels(network_g)
     prompt, source = None, None
     given = {'text': args.prompt, 'image': args.prompt_image, 'embedding': args.prompt_embedding}
     given = [(kind, value) for kind, value in given.items() if value is not None]
     if given:  # at most one: the flags are mutually exclusive
-        prompt, source = model.encode_prompt(
-            net,
-            *given[0],
-            clip_model=args.clip_model,
-            clip_pretrained=args.clip_pretrained,
-            view=args.prompt_view,
-            record=record,
-            force=args.force_encoder,
-            warn=lambda message: print(f'warning: {message}', file=sys.stderr),
-        )
+        prompt, source = model.encode_prompt(up, *given[0])
     metadata = {'checkpoint': record, 'network_g': network_g, 'prompt': source}
 
     if fmt == 'spandrel':
-        from pdnsr.spandrel import save_spandrel
+        from pdnsr.tools.export.spandrel import save_spandrel
 
         config = save_spandrel(args.output, net, network_g, prompt, channels=channels, metadata=metadata)
         print(
             f'{args.output}: {network_g["type"]} x{config["scale"]} with its prompt ({source["kind"]}) for spandrel; '
-            f'load it after pdnsr.spandrel.install()'
+            f'load it after pdnsr.tools.export.spandrel.install()'
         )
         return 0
 
-    from pdnsr.export.onnx import export_onnx
+    from pdnsr.tools.export.onnx import export_onnx
 
     meta = export_onnx(
         net,

@@ -4,9 +4,9 @@
     python scripts/demo.py --quick              # a smoke run of a few tens of iterations (the test suite's)
     python scripts/demo.py --clip-pretrained /path/to/open_clip_model.bin   # real CLIP weights
 
-The small preset of :mod:`pdnsr.experiments.prompt_information` (which says what the captions carry), on the colour
-photos bundled with scikit-image cut into tiles; one photo (``chelsea``, the cat) is held back and super-resolved
-under each blur with the right and the wrong caption. See docs/demo.md.
+The small preset of :mod:`pdnsr.tools.experiments.prompt_information` (which says what the captions carry), on
+the colour photos bundled with scikit-image cut into tiles; one photo (``chelsea``, the cat) is held back and
+super-resolved under each blur with the right and the wrong caption. See docs/demo.md.
 """
 
 import argparse
@@ -19,18 +19,18 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from pdnsr.cli import add_clip_arguments, check_output_folder, run_main
-from pdnsr.data.captioned_degradations import get_degradations
 from pdnsr.data.image_files import write_image
-from pdnsr.errors import UserError
-from pdnsr.experiments import prompt_information as pi
-from pdnsr.experiments.runs import progress_of, train_all
+from pdnsr.errors import UserError, run_main
 from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS
+from pdnsr.tools.cli import add_clip_arguments, check_output_folder
+from pdnsr.tools.experiments import prompt_information as pi
+from pdnsr.tools.experiments.captioned_degradations import get_degradations
+from pdnsr.tools.experiments.runs import progress_of, train_all
+from pdnsr.tools.sample_data import bicubic_resize, sample_photos
 from pdnsr.utils.files import write_text
 from pdnsr.utils.markdown import markdown_table
-from pdnsr.utils.sample_data import bicubic_resize, sample_photos
-from pdnsr.utils.visualization import labelled_grid, overlay_heatmap
+from pdnsr.utils.visualization import labelled_grid, overlay_heatmap, with_colour_bar
 
 HOLDOUT = 'chelsea'  # the cat: no other photo shows an animal, so nothing of it is seen in training
 SCALE = 2
@@ -109,23 +109,25 @@ def comparison_picture(images, scores, window):
 
 def attention_picture(images, diag, out):
     """``attention.png``: a row per blur, the masks of the first and the last DCM under the right and the wrong
-    caption over the SR image; each panel is also written on its own. Returns the picture and a line per blur and
-    DCM comparing the two captions' masks (from ``diag``, :func:`pi.evaluate`'s, of the one held-out photo)."""
+    caption over the SR image, with the colour bar of the masks (0 to 1); each panel is also written on its own.
+    Returns the picture and a line per blur and DCM comparing the two captions' masks (from ``diag``,
+    :func:`pi.evaluate`'s, of the one held-out photo)."""
     rows, lines = [], []
     for deg in DEGRADATIONS:
         rows.append([])
         masks, stats = images[deg.name]['masks'], diag[deg.name]  # every DCM has a mask: index i is DCM i
         for i in (min(masks['right']), max(masks['right'])):
             for which in ('right', 'swapped'):
-                overlay = overlay_heatmap(images[deg.name][which], masks[which][i][0, 0])
-                write_image(os.path.join(out, f'attention_{deg.name}_dcm{i}_{FILE_TAG[which]}.png'), overlay)
+                overlay = overlay_heatmap(images[deg.name][which], masks[which][i])
+                path = os.path.join(out, f'attention_{deg.name}_dcm{i}_{FILE_TAG[which]}.png')
+                write_image(path, with_colour_bar(overlay))
                 rows[-1].append((f'{deg.name} input, DCM {i}, {FILE_TAG[which]} caption', overlay))
             a, b = (stats['mask'][which][i] for which in ('right', 'swapped'))
             lines.append(
                 f'      {deg.name} input, DCM {i}: mean mask {a:.3f} (right) / {b:.3f} (wrong), '
                 f'mean |difference| {stats["right_vs_swapped"][i]:.3f}'
             )
-    return labelled_grid(rows), lines
+    return with_colour_bar(labelled_grid(rows)), lines
 
 
 def results_table(scores, caption):

@@ -1,10 +1,10 @@
 """Deployment: a trained pdnsr network as an ONNX graph or a spandrel-loadable file (``pdnsr-export``).
 
-- :mod:`pdnsr.export.standins`: export-friendly stand-ins of the DCM (plain convolutions and matrix products), built
+- :mod:`.standins`: export-friendly stand-ins of the DCM (plain convolutions and matrix products), built
   from a trained DCM, and the network wrapper that is traced (torch only).
-- :mod:`pdnsr.export.onnx`: writing, verifying and running ONNX graphs (onnx, onnxruntime).
-- :mod:`pdnsr.export.cli`: the ``pdnsr-export`` command.
-- :mod:`pdnsr.spandrel`: the spandrel file format and the architecture entries that load it.
+- :mod:`pdnsr.tools.export.onnx`: writing, verifying and running ONNX graphs (onnx, onnxruntime).
+- :mod:`pdnsr.tools.export.cli`: the ``pdnsr-export`` command.
+- :mod:`pdnsr.tools.export.spandrel`: the spandrel file format and the architecture entries that load it.
 
 The packages these need are the ``deploy`` extra (``pip install pdnsr[deploy]``); they are imported only when used, so
 pdnsr without them still imports and runs (:func:`require`).

@@ -2,8 +2,8 @@
 
 ::
 
-    import pdnsr.spandrel, spandrel
-    pdnsr.spandrel.install()                                                   # once per process
+    import pdnsr.tools.export.spandrel, spandrel
+    pdnsr.tools.export.spandrel.install()                                                   # once per process
     model = spandrel.ModelLoader().load_from_file('edsr_plus_x4.safetensors')  # an ImageModelDescriptor
     sr = model(lq)                                                             # lq (1, 3, h, w) in [0, 1]
 
@@ -33,11 +33,11 @@ from torch import nn
 
 from pdnsr.archs.plus_util import input_multiple
 from pdnsr.errors import UserError
-from pdnsr.export import require
+from pdnsr.tools.export import require
 from pdnsr.utils.files import written_atomically
 
-spandrel = require('spandrel', 'pdnsr.spandrel')
-safetensors_torch = require('safetensors.torch', 'pdnsr.spandrel')
+spandrel = require('spandrel', 'pdnsr.tools.export.spandrel')
+safetensors_torch = require('safetensors.torch', 'pdnsr.tools.export.spandrel')
 
 PROMPT_KEY = 'pdnsr.prompt'
 CONFIG_KEY = 'pdnsr.config'
@@ -189,7 +189,7 @@ def save_spandrel(path, net, network_g, prompt, *, channels=3, metadata=None):
     Args:
         path (str): the ``.safetensors`` file; written under a temporary name, then renamed.
         net (torch.nn.Module): the prompt-guided network, float32; the state dict is saved as it is (give it the
-            compact bank: :func:`pdnsr.export.model.to_compact`).
+            compact bank: :func:`pdnsr.tools.export.model.to_compact`).
         network_g (dict): the option section that builds ``net``.
         prompt (torch.Tensor): ``(1, prompt_dim)``.
         channels (int): image channels of the input.
