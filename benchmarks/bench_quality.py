@@ -47,7 +47,7 @@ from pdnsr.inference import Upsampler
 from pdnsr.options import write_options
 from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 from pdnsr.tools.experiments.prompt_information import score
-from pdnsr.tools.experiments.runs import hashed_name, run_pipeline, validation_results, weights_path
+from pdnsr.tools.experiments.runs import hashed_name, launch, validation_results, weights_path
 from pdnsr.utils.files import fill_once
 
 SHARED = REPO_ROOT.parent / 'shared' / 'data'
@@ -202,7 +202,7 @@ def train(opt, workdir, threads):
     """The final weights of run ``opt``: trained with ``pdnsr/train.py``, or kept from an earlier identical run."""
     path = weights_path(workdir, opt['name'])
     if not os.path.exists(path):
-        run_pipeline(opt, workdir, threads=threads).check(f'training {opt["name"]}')
+        launch(opt, workdir, threads=threads).check(f'training {opt["name"]}')
     return path
 
 

@@ -40,7 +40,7 @@ from basicsr.metrics import calculate_psnr  # noqa: E402
 
 from pdnsr import options as opts  # noqa: E402
 from pdnsr.prompts.encoder import PromptEncoder  # noqa: E402
-from pdnsr.tools.experiments.runs import progress_of, run_pipeline, train_all, validation_results, weights_path  # noqa: E402
+from pdnsr.tools.experiments.runs import launch, progress_of, train_all, validation_results, weights_path  # noqa: E402
 from pdnsr.tools.sample_data import sample_dataset  # noqa: E402
 from pdnsr.utils.files import write_text  # noqa: E402
 from pdnsr.utils.markdown import markdown_table  # noqa: E402
@@ -188,7 +188,7 @@ def check_torchrun(root, data, args, report):
     opt['val'].update(val_freq=max(1, args.iters // 2), save_attention=[0, -1], save_img=True)
     if args.device == 'cuda':
         opt['num_gpu'] = nproc
-    result = run_pipeline(opt, root, 'train', nproc=nproc, port=29650, timeout=600, launcher='torchrun')
+    result = launch(opt, root, 'train', nproc=nproc, port=29650, timeout=600, launcher='torchrun')
     with open(result.log_path, encoding='utf-8') as f:
         text = f.read()
     validations = text.count('Validation checkval')

@@ -42,8 +42,9 @@ import torch
 
 from conftest import REPO_ROOT
 from pdnsr import options
+from pdnsr.archs.network_options import build_network
 from pdnsr.data.prompt_store import META_KEY
-from pdnsr.inference import build_network_from_options
+from pdnsr.inference import read_network_options
 
 PYTHON = sys.executable
 # command -> (argv before the row's arguments, the name its error lines start with)
@@ -455,7 +456,7 @@ def world(tmp_path_factory, paired_data):
     options.write_options({'network_g': options.network('EDSRPlus', 2, **NETWORK)}, opt)
     torch.manual_seed(0)
     weights = root / 'edsr_plus.pth'
-    state = build_network_from_options(opt).state_dict()
+    state = build_network(read_network_options(opt)).state_dict()
     torch.save({'params': state, 'params_ema': state}, weights)
     photo = root / 'photo.png'
     image(24, 20)(photo, None)

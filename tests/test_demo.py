@@ -10,7 +10,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from pdnsr.tools import demo
-from pdnsr.utils.visualization import grid_size
+from pdnsr.utils.visualization import colour_bar, grid_size
 
 
 def test_quick_demo_end_to_end(tmp_path):
@@ -59,7 +59,10 @@ def test_quick_demo_end_to_end(tmp_path):
     assert comparison.shape == (*grid_size(side, side, cols=len(demo.METHODS) + 1, rows=n_deg), 3)
     attention = cv2.imread(str(out / 'attention.png'))
     assert attention is not None
-    assert attention.shape == (*grid_size(hr.shape[0], hr.shape[1], cols=4, rows=n_deg), 3)
+    grid_h, grid_w = grid_size(hr.shape[0], hr.shape[1], cols=4, rows=n_deg)
+    bar = colour_bar(grid_h)
+    assert attention.shape == (grid_h, grid_w + bar.shape[1], 3)
+    assert (attention[:, grid_w:] == bar).all()  # the masks' scale, 0 to 1
     last = demo.RECIPES['quick'].num_block - 1  # one DCM per residual block
     for deg in demo.DEGRADATIONS:
         for name in (f'attention_{deg.name}_dcm{i}_{which}.png' for i in (0, last) for which in ('right', 'wrong')):

@@ -36,11 +36,11 @@ def test_run_main_prints_one_line_and_returns_2(capsys):
 
 
 def test_a_failed_run_is_exit_1_with_its_log_tail_as_lines(tmp_path, capsys):
-    from pdnsr.tools.experiments.runs import run_pipeline
+    from pdnsr.tools.experiments.runs import launch
 
     script = tmp_path / 'fails.py'
     script.write_text("print('loading data')\nprint('ValueError: no images in /data/hr')\nraise SystemExit(3)\n")
-    result = run_pipeline({'name': 'broken'}, str(tmp_path), script=str(script))
+    result = launch({'name': 'broken'}, str(tmp_path), script=str(script))
     assert run_main(lambda: result.check('training broken'), 'pdnsr-demo') == 1
     err = capsys.readouterr().err
     assert err.startswith('pdnsr-demo: training broken failed (exit status 3, log ')

@@ -360,7 +360,7 @@ def test_infer_onnx_refusals_one_line(tmp_path, capsys):
         (['--onnx', str(tmp_path / 'in' / 'a.png')], 'cannot load ONNX file'),
         (['--onnx', str(baked), '--save-attention'], '--save-attention needs the PyTorch network'),
         (['--onnx', str(baked), '--device', 'gpu0'], "--device 'gpu0' is not a device name"),
-        ([], '--opt and --weights are required (or --onnx'),
+        ([], '--weights is required (or --onnx'),
     ]
     for args, message in cases:
         assert infer_main([*args, '--input', str(tmp_path / 'in'), '--output', str(out)]) == 2

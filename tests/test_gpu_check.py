@@ -8,7 +8,7 @@ import pytest
 from test_training import tiny_options
 
 from conftest import REPO_ROOT
-from pdnsr.tools.experiments.runs import run_pipeline
+from pdnsr.tools.experiments.runs import launch
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +59,10 @@ def test_torchrun_with_one_process_is_a_distributed_run(paired_data, tmp_path):
     opt = tiny_options(paired_data, 'one', total_iter=4)
     opt['train']['ema_decay'] = 0  # the shipped recipes' setting: validation through net_g
     opt['val']['val_freq'] = 2
-    result = run_pipeline(opt, str(tmp_path), nproc=1, port=29662, threads=1, timeout=300, launcher='torchrun')
+    result = launch(opt, str(tmp_path), nproc=1, port=29662, threads=1, timeout=300, launcher='torchrun')
     log = open(result.log_path, encoding='utf-8').read()
     assert result.returncode == 0, log[-3000:]
     assert re.search(r'^\s*dist: True$', log, re.M) and re.search(r'^\s*world_size: 1$', log, re.M), log[-3000:]
     assert log.count('Validation tinyval') == 3, log[-3000:]  # iterations 2 and 4, and after training
     with pytest.raises(ValueError, match="launcher must be None or 'torchrun', got 'mpirun'"):
-        run_pipeline(opt, str(tmp_path), launcher='mpirun')
+        launch(opt, str(tmp_path), launcher='mpirun')

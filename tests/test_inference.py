@@ -1,4 +1,5 @@
-"""pdnsr.inference: library (build, load, super-resolve whole / tiled) and the pdnsr-infer CLI on real images."""
+"""pdnsr.inference: loading, super-resolving tensors whole / tiled, the Upsampler, and the pdnsr-infer CLI on real
+images."""
 
 import json
 import math
@@ -12,18 +13,22 @@ import numpy as np
 import pytest
 import torch
 
+from pdnsr import errors as pdnsr_errors
 from pdnsr import inference
+from pdnsr.archs.network_options import build_network
 from pdnsr.data.image_files import read_rgb
 from pdnsr.inference import (
-    build_network_from_options,
+    Upsampler,
+    as_rgb,
     image_to_tensor,
     load_network,
-    load_weights,
+    read_network_options,
     super_resolve,
-    tensor_to_bgr,
+    tensor_to_rgb,
 )
 from pdnsr.tools.infer import main
 from pdnsr.tools.sample_data import SAMPLE_CAPTIONS
+from pdnsr.utils.visualization import colour_bar
 
 EDSR_PLUS = """
 network_g:
@@ -77,7 +82,7 @@ def _make_model(root, name, yaml_text, seed=0):
     with open(opt, 'w') as f:
         f.write(yaml_text)
     torch.manual_seed(seed)
-    net = build_network_from_options(opt)
+    net = build_network(read_network_options(opt))
     # Untrained DCMs start close to the identity residual; larger kernels make the prompt visibly matter.
     for m in net.modules():
         if hasattr(m, 'reset_parameters') and type(m).__name__ == 'DynamicCorrelationModule':
@@ -107,9 +112,11 @@ def _clip_requests():
 
 
 def _net(model):
-    net = build_network_from_options(model[0])
-    load_weights(net, model[1])
-    return net.eval()
+    return load_network(*model, 'cpu')[0]
+
+
+def tensor_to_bgr(t):
+    return tensor_to_rgb(t)[..., ::-1]
 
 
 def _psnr(a, b):
@@ -129,14 +136,28 @@ def _lq(paired_data, key):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # library
-def test_load_weights_prefers_ema_and_strips_module_prefix(tmp_path, models):
-    net = build_network_from_options(models['edsr_plus'][0])
-    ref = _net(models['edsr_plus']).state_dict()
-    assert load_weights(net, models['edsr_plus'][1]) == 'params_ema'
+def test_load_network_prefers_ema_and_strips_module_prefix(tmp_path, models):
+    opt, weights = models['edsr_plus']
+    ref = torch.load(weights, weights_only=True)['params_ema']
     bare = tmp_path / 'bare.pth'
     torch.save({f'module.{k}': v for k, v in ref.items()}, bare)
-    assert load_weights(net, bare) == 'state_dict'
-    torch.testing.assert_close(net.state_dict(), ref)
+    for path in (weights, bare):
+        torch.testing.assert_close(load_network(opt, path, 'cpu')[0].state_dict(), ref)
+
+
+def test_the_network_the_checkpoint_records_needs_no_option_file(tmp_path, models):
+    """A checkpoint pdnsr wrote records its network_g: no option file is needed; one without a record says to pass
+    --opt."""
+    opt, weights = models['edsr_plus']
+    net, record, network_g = load_network(opt, weights, 'cpu')
+    recorded = tmp_path / 'recorded.pth'
+    state = net.state_dict()
+    torch.save({'params': state, 'pdnsr': {'format': 1, 'network_g': network_g}}, recorded)
+    up = Upsampler.from_checkpoint(recorded, device='cpu')
+    assert type(up.net).__name__ == 'EDSRPlus' and up.scale == 2 and up.network_g == network_g
+    torch.testing.assert_close(up.net.state_dict(), state)
+    with pytest.raises(pdnsr_errors.UserError, match='does not record its network.*--opt'):
+        Upsampler.from_checkpoint(weights, device='cpu')
 
 
 def test_load_network_takes_the_weights_asked_for(tmp_path, models):
@@ -153,18 +174,17 @@ def test_load_network_takes_the_weights_asked_for(tmp_path, models):
 
 
 def test_bad_weights_name_the_first_mismatching_key(tmp_path, models, capsys):
-    net = build_network_from_options(models['rdn_plus'][0])
     with pytest.raises(ValueError, match=r"edsr_plus\.pth.*missing key 'sfe1\.weight'"):  # EDSR+ keys in an RDN+
-        load_weights(net, models['edsr_plus'][1])
-    small = build_network_from_options(models['edsr_plus'][0])
+        load_network(models['rdn_plus'][0], models['edsr_plus'][1])
+    small = _net(models['edsr_plus'])
     wrong = tmp_path / 'wrong.pth'
     state = small.state_dict()
     state['conv_first.weight'] = torch.zeros(4, 3, 3, 3)
     torch.save({'params': state}, wrong)
     with pytest.raises(ValueError, match=r"wrong\.pth.*'conv_first\.weight' has shape \(4, 3, 3, 3\).*\(8, 3, 3, 3\)"):
-        load_weights(small, wrong)
+        load_network(models['edsr_plus'][0], wrong)
     with pytest.raises(FileNotFoundError, match='nope.pth'):
-        load_weights(small, tmp_path / 'nope.pth')
+        load_network(models['edsr_plus'][0], tmp_path / 'nope.pth')
 
     code, err = _cli(capsys, (models['edsr_plus'][0], str(wrong)), str(tmp_path), str(tmp_path / 'out'))
     assert code == 2
@@ -175,13 +195,13 @@ def test_bad_option_file(tmp_path):
     opt = tmp_path / 'bad.yml'
     opt.write_text('network_g:\n  type: EDSRPlus\n  num_in_ch: 3\n  num_out_ch: 3\n  num_blocks: 2\n')
     with pytest.raises(ValueError, match='num_blocks'):
-        build_network_from_options(opt)
+        read_network_options(opt)
     opt.write_text('name: x\n')
     with pytest.raises(ValueError, match='no network_g'):
-        build_network_from_options(opt)
+        read_network_options(opt)
     opt.write_text('network_g:\n  type: NoSuchNet\n')
     with pytest.raises(ValueError, match='NoSuchNet'):
-        build_network_from_options(opt)
+        read_network_options(opt)
 
 
 @pytest.mark.parametrize('name', ['edsr_plus', 'rdn_plus'])
@@ -217,6 +237,38 @@ def test_super_resolve_prompt_matters_and_baseline_ignores_it(paired_data, model
     torch.testing.assert_close(super_resolve(base, lq, a[None]), super_resolve(base, lq), atol=0, rtol=0)
     with pytest.raises(ValueError, match='scale'):
         super_resolve(net, lq, scale=4)
+
+
+def test_upsampler_enhance_is_super_resolve_on_rgb_and_batches_prompts(paired_data, models, clip_encoder):
+    """enhance: (h, w, 3) uint8 RGB in, (2h, 2w, 3) out, the network's output rounded; several prompts in one batch
+    give what each gives alone; a text, an image array, 'self' and an embedding are all prompts; masks come with
+    attention; grey and RGBA images are converted."""
+    up = Upsampler.from_checkpoint(models['edsr_plus'][1], models['edsr_plus'][0], 'cpu', clip_pretrained='none')
+    key = paired_data['keys'][0]
+    rgb = read_rgb(os.path.join(paired_data['lr'], f'{key}.png'))
+    text = clip_encoder.encode_text(['a cup of coffee'])
+    expected = tensor_to_rgb(super_resolve(up.net, image_to_tensor(rgb, 'cpu'), text))
+    np.testing.assert_array_equal(up.enhance(rgb, 'a cup of coffee'), expected)
+    np.testing.assert_array_equal(up.enhance(rgb, text[0]), expected)
+
+    photo = read_rgb(os.path.join(paired_data['hr'], f'{paired_data["keys"][1]}.png'))
+    prompts = ['a cup of coffee', photo, 'self', None]
+    batch = up.enhance_many(rgb, prompts, attention=True)
+    for prompt, (sr, masks) in zip(prompts, batch):
+        alone, alone_masks = up.enhance(rgb, prompt, attention=True)
+        assert sr.shape == (2 * rgb.shape[0], 2 * rgb.shape[1], 3) and sr.dtype == np.uint8
+        assert np.abs(sr.astype(int) - alone.astype(int)).max() <= 1
+        assert sorted(masks) == [0, 1] and masks[0].shape == rgb.shape[:2]
+        np.testing.assert_allclose(masks[1], alone_masks[1], atol=1e-5)
+    np.testing.assert_array_equal(batch[2][0], up.enhance(rgb, rgb))  # 'self' is the image itself
+    assert len({sr.tobytes() for sr, _ in batch}) == 4
+    assert up.enhance(rgb, None, attention=[-1])[1].keys() == {1}
+    np.testing.assert_array_equal(as_rgb(rgb[..., 0]), np.repeat(rgb[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(as_rgb(np.dstack([rgb, rgb[..., :1]])), rgb)
+    with pytest.raises(ValueError, match='uint8'):
+        up.enhance(rgb.astype(np.float32))
+    with pytest.raises(ValueError, match="'self' is the input image"):
+        up.encode('self')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -410,8 +462,12 @@ def test_cli_attention_pngs(tmp_path, paired_data, models, capsys):
     )
     assert code == 0, err
     assert sorted(os.listdir(out)) == ['chelsea_attention_dcm0.png', 'chelsea_attention_dcm1.png', 'chelsea_pdnsr.png']
-    for name in os.listdir(out):
-        assert cv2.imread(str(out / name)).shape == (96, 96, 3)
+    assert cv2.imread(str(out / 'chelsea_pdnsr.png')).shape == (96, 96, 3)
+    bar = colour_bar(96)
+    for i in (0, 1):  # the mask over the SR image, then its colour bar from 0 to 1
+        picture = cv2.imread(str(out / f'chelsea_attention_dcm{i}.png'))
+        assert picture.shape == (96, 96 + bar.shape[1], 3)
+        np.testing.assert_array_equal(picture[:, 96:], bar)
     code, err = _cli(capsys, model, paired_data['lr'], str(out), '--save-attention', '--attention-dcms', '5')
     assert code == 2 and 'has 2 DCMs' in err
 

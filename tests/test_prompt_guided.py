@@ -5,9 +5,6 @@ own ``load_network``, real threads, torch.compile and a gloo process group.
 """
 
 import copy
-import os
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -20,7 +17,7 @@ from basicsr.models.base_model import BaseModel
 from test_training import log_values, run_cli, tiny_options
 from torch import nn
 
-from conftest import REPO_ROOT, torchrun_weights
+from conftest import torchrun_weights
 from pdnsr.archs import (
     EDSRPlus,
     RDNPlus,
@@ -520,17 +517,3 @@ def test_torchrun_two_processes_train_rrdbnet_plus(paired_data, tmp_path):
     assert any(k.startswith('dcms.') for k in rank0)
     for k in rank0:
         torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0)
-
-
-@pytest.mark.slow
-def test_bench_placement_quick_runs():
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / 'benchmarks' / 'bench_placement.py'), '--quick', '--threads', '1'],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS='1'),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith(('| EDSR+', '| RDN+'))]
-    assert len(rows) == 2 and all('| yes | 0.0e+00 |' in row for row in rows), proc.stdout

@@ -19,20 +19,14 @@ from conftest import load_script
 from pdnsr import options as opts
 from pdnsr import provenance
 from pdnsr.checkpoints import dcm_layout_of
+from pdnsr.data.image_files import read_rgb
 from pdnsr.errors import UserError
-from pdnsr.inference import (
-    build_network_from_options,
-    image_to_tensor,
-    load_weights,
-    read_rgb,
-    super_resolve,
-    tensor_to_bgr,
-)
+from pdnsr.inference import Upsampler
 from pdnsr.models.pdn_model import build_in_process
 from pdnsr.models.run_checks import check_run_options, preflight
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import PromptEncoder
-from pdnsr.tools.experiments.runs import run_pipeline, weights_path
+from pdnsr.tools.experiments.runs import launch, weights_path
 from pdnsr.tools.infer import main as infer_main
 
 TINY = dict(num_feat=8, num_block=1)
@@ -71,9 +65,8 @@ def error_lines(text):
 
 def sr_of(opt_file, weights, lq_path, prompt):
     """What the library computes for one LR file and a (1, d) prompt: (H, W, 3) uint8 BGR."""
-    net = build_network_from_options(opt_file)
-    load_weights(net, weights)
-    return tensor_to_bgr(super_resolve(net.eval(), image_to_tensor(read_rgb(lq_path), 'cpu'), prompt))
+    up = Upsampler.from_checkpoint(weights, opt_file, 'cpu')
+    return up.enhance(read_rgb(lq_path), prompt)[..., ::-1]
 
 
 def test_record(tmp_path, paired_data, clip_encoder):
@@ -221,7 +214,7 @@ def trained(paired_data, tmp_path_factory):
     """Two iterations of ``pdnsr/train.py`` (EMA on) on the seed-0 image store."""
     root = tmp_path_factory.mktemp('trained')
     opt = train_options(paired_data, 'prov')
-    result = run_pipeline(opt, str(root), 'train', threads=1, timeout=300)
+    result = launch(opt, str(root), 'train', threads=1, timeout=300)
     assert result.returncode == 0, result.tail
     return {
         'root': root,
@@ -275,7 +268,7 @@ def run_test_script(root, opt, name):
     results = os.path.join(str(root), 'results', name)
     os.makedirs(results, exist_ok=True)
     open(os.path.join(results, 'earlier.txt'), 'w').close()
-    result = run_pipeline(dict(opt, name=name), str(root), 'test', threads=1, timeout=300)
+    result = launch(dict(opt, name=name), str(root), 'test', threads=1, timeout=300)
     return result.returncode, open(result.log_path, encoding='utf-8').read()
 
 

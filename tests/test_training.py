@@ -16,7 +16,7 @@ from conftest import REPO_ROOT, torchrun_weights
 from pdnsr import options as opts
 from pdnsr.archs.dcm_arch import dcm_modules, type_takes_prompt
 from pdnsr.models.pdn_model import build_in_process as build_model
-from pdnsr.tools.experiments.runs import progress_of, run_pipeline, validation_results
+from pdnsr.tools.experiments.runs import launch, progress_of, validation_results
 
 TINY_NETS = {
     'EDSRPlus': dict(num_feat=16, num_block=2),
@@ -50,9 +50,9 @@ def tiny_options(data, name, net_type='EDSRPlus', total_iter=30, every_epochs=1,
 
 
 def run_cli(script, opt, root, *args, timeout=240, expect=0, **kwargs):
-    """``pdnsr/<script>`` on ``opt`` in a subprocess (:func:`pdnsr.tools.experiments.runs.run_pipeline`, ``kwargs`` go
+    """``pdnsr/<script>`` on ``opt`` in a subprocess (:func:`pdnsr.tools.experiments.runs.launch`, ``kwargs`` go
     there); returns its log after checking the exit status."""
-    result = run_pipeline(opt, str(root), script.replace('.py', ''), args, threads=1, timeout=timeout, **kwargs)
+    result = launch(opt, str(root), script.replace('.py', ''), args, threads=1, timeout=timeout, **kwargs)
     log = open(result.log_path, encoding='utf-8').read()
     assert result.returncode == expect, log[-4000:]
     return log
@@ -256,7 +256,7 @@ def test_torchrun_validates_during_and_after_training_without_hanging(paired_dat
     (rank 0 validates the bare network while the others wait at a barrier); every run exits 0."""
     opt = shipped_recipe(paired_data, f'ddp_val_{ema_decay}')
     opt['train']['ema_decay'] = ema_decay
-    result = run_pipeline(opt, str(tmp_path), 'train', nproc=2, port=29741 + int(ema_decay * 10), timeout=300)
+    result = launch(opt, str(tmp_path), 'train', nproc=2, port=29741 + int(ema_decay * 10), timeout=300)
     log = open(result.log_path, encoding='utf-8').read()
     assert result.returncode == 0, log[-4000:]
     assert log.count('Validation tinyval') == 4, log[-4000:]

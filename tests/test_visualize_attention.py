@@ -9,7 +9,9 @@ import torch
 from conftest import load_script
 from pdnsr import inference
 from pdnsr import options as opts
-from pdnsr.inference import build_network_from_options
+from pdnsr.archs.network_options import build_network
+from pdnsr.inference import read_network_options
+from pdnsr.utils.visualization import colour_bar
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +27,7 @@ def model(tmp_path):
     ViT-B-32 that :func:`pdnsr.inference.cached_prompt_encoder` builds once)."""
     opt = opts.write_options(dict(network_g=opts.network('EDSRPlus', 2, num_feat=8, num_block=2)), tmp_path / 'net.yml')
     torch.manual_seed(0)
-    state = build_network_from_options(opt).state_dict()
+    state = build_network(read_network_options(opt)).state_dict()
     weights = tmp_path / 'net.pth'
     torch.save({'params': state, 'params_ema': state}, weights)
     return str(opt), str(weights)
@@ -46,8 +48,10 @@ def test_figure_written(tmp_path, paired_data, model, script, capsys, background
     assert script.main(argv) == 0, capsys.readouterr().err
     fig = cv2.imread(str(out))
     assert fig is not None and fig.ndim == 3
-    # Three 96x96 panels (image + one per prompt) with gaps, and a caption strip under them.
-    assert 3 * 96 < fig.shape[1] < 3 * 96 + 30 and fig.shape[0] > 96
+    # Three 96x96 panels (image + one per prompt) with gaps, a caption strip under them, the masks' colour bar.
+    bar = colour_bar(fig.shape[0])
+    assert 3 * 96 < fig.shape[1] - bar.shape[1] < 3 * 96 + 30 and fig.shape[0] > 96
+    assert (fig[:, -bar.shape[1] :] == bar).all()
     strip = fig[96:]
     assert (strip < 128).any()  # some text was drawn
     assert os.listdir(out.parent) == ['fig.png']  # no temporary file left

@@ -215,8 +215,9 @@ def check_datasets(opt):
 
 def preflight(kind, argv=None):
     """Every check of ``pdnsr/<kind>.py``'s run, on the options basicsr will run (:func:`pdnsr.options.parse_options`
-    on the command line ``argv`` (default this process's), without its side effects), before basicsr touches a folder: the options
-    (:func:`check_run_options`), the network built once on the CPU after its size was checked against the memory
+    on the command line ``argv``, default this process's, without its side effects), before basicsr touches a
+    folder: the options (:func:`check_run_options`), the network built once on the CPU after its size was checked
+    against the memory
     (:func:`~pdnsr.archs.network_options.build_network`), the datasets (:func:`check_datasets`) and
     ``path.pretrain_network_g`` fitted to the network (:func:`check_pretrained_network`).
 

@@ -36,16 +36,19 @@ BAR_W, BAR_LABEL_W, BAR_MARGIN, BAR_MIN_H = 14, 30, 8, 96
 
 def colour_bar(height):
     """A vertical colour bar of :func:`attention_heatmap`'s colours, 1 at the top and 0 at the bottom, labelled
-    0, 0.5 and 1: (height, width, 3) uint8 BGR on white, ``height`` >= :data:`BAR_MIN_H`."""
+    0, 0.5 and 1: (height, width, 3) uint8 BGR on white, ``height`` >= :data:`BAR_MIN_H`; wider, with larger
+    labels, beside a tall picture."""
     height = max(int(height), BAR_MIN_H)
-    bar = np.full((height, BAR_MARGIN + BAR_W + BAR_LABEL_W, 3), 255, np.uint8)
-    top, bottom = BAR_MARGIN, height - BAR_MARGIN
-    values = np.linspace(1, 0, bottom - top)[:, None].repeat(BAR_W, axis=1)
-    bar[top:bottom, BAR_MARGIN : BAR_MARGIN + BAR_W] = attention_heatmap(values)
+    k = max(1, min(3, height // 400))
+    margin, width = BAR_MARGIN * k, BAR_W * k
+    bar = np.full((height, margin + width + BAR_LABEL_W * k, 3), 255, np.uint8)
+    top, bottom = margin, height - margin
+    values = np.linspace(1, 0, bottom - top)[:, None].repeat(width, axis=1)
+    bar[top:bottom, margin : margin + width] = attention_heatmap(values)
     for value in (1, 0.5, 0):
-        y = int(round(top + (1 - value) * (bottom - top - 1)))
-        x = BAR_MARGIN + BAR_W + 3
-        cv2.putText(bar, f'{value:g}', (x, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        y = int(round(top + (1 - value) * (bottom - top - 1))) + 4 * k
+        cv2.putText(bar, f'{value:g}', (margin + width + 3 * k, y), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * k, (0, 0, 0), k,
+                    cv2.LINE_AA)  # fmt: skip
     return bar
 
 

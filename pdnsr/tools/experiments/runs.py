@@ -88,7 +88,7 @@ def weights_path(root, name, which='latest'):
     return os.path.join(root, 'experiments', name, 'models', f'net_g_{which}.pth')
 
 
-def run_pipeline(
+def launch(
     opt,
     root,
     script='train',
@@ -126,7 +126,7 @@ def run_pipeline(
     from pdnsr.options import write_options
 
     if launcher not in (None, 'torchrun'):
-        raise ValueError(f"run_pipeline: launcher must be None or 'torchrun', got {launcher!r}")
+        raise ValueError(f"launch: launcher must be None or 'torchrun', got {launcher!r}")
     label = script if script in ('train', 'test') else os.path.splitext(os.path.basename(script))[0]
     path = write_options(opt, os.path.join(root, f'{opt["name"]}_{label}.yml'))
     script_path = os.path.join(PDNSR_DIR, f'{script}.py') if script in ('train', 'test') else script
@@ -186,7 +186,7 @@ def train_all(opts, root, jobs=2, reuse=False, on_line=None, on_done=None, scrip
             seconds = None
         else:
             lines = None if on_line is None else (lambda line: on_line(name, line))
-            seconds = run_pipeline(opt, root, script, on_line=lines, env=env).check(f'training {name}').seconds
+            seconds = launch(opt, root, script, on_line=lines, env=env).check(f'training {name}').seconds
         if on_done is not None:
             on_done(name, seconds)
         return weights_path(root, name)
