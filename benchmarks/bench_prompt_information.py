@@ -25,7 +25,7 @@ from pathlib import Path
 from statistics import mean
 
 import common
-from common import REPO_ROOT, images_in, make_parser, make_workdir, mean_std, print_header, print_table, setup
+from common import SHARED_DATA, images_in, make_parser, make_workdir, mean_std, print_header, print_table, setup
 
 # isort: split
 import torch
@@ -39,7 +39,6 @@ from pdnsr.tools.experiments import prompt_information as pi
 from pdnsr.tools.experiments.runs import hashed_name, train_all
 from pdnsr.utils.files import write_text
 
-SHARED = REPO_ROOT.parent / 'shared' / 'data'
 TRAIN_SETS, TEST_SETS = ('BSD68', 'SunHays80'), ('Set5', 'Set14')
 VARIANTS = {'full': {}, 'router-only': {'use_attention': False}, 'attention-only': {'use_dynamic': False}}
 TARGETS = (1.0, 3.0)  # right − baseline, right − swapped (dB, all test images, every seed)
@@ -61,8 +60,8 @@ def parse_args(argv=None):
         parser.add_argument(f'--{name.replace("_", "-")}', type=kind, default=getattr(pi.Recipe(), name))
     parser.add_argument('--jobs', type=int, default=2, help='runs at once, one thread each (default 2)')
     add_clip_arguments(parser, pretrained='none')
-    parser.add_argument('--train-data', default=str(SHARED / 'train'))
-    parser.add_argument('--bench-data', default=str(SHARED / 'benchmarks'))
+    parser.add_argument('--train-data', default=str(SHARED_DATA / 'train'))
+    parser.add_argument('--bench-data', default=str(SHARED_DATA / 'benchmarks'))
     parser.add_argument('--workdir', default=None, help='data, stores, runs (default a new folder under /tmp)')
     args = parser.parse_args(argv)
     if args.quick:

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import common
-from common import REPO_ROOT, images_in, make_parser, make_workdir, mean_std, print_header, print_table, setup
+from common import SHARED_DATA, images_in, make_parser, make_workdir, mean_std, print_header, print_table, setup
 
 # isort: split
 import cv2
@@ -49,8 +49,6 @@ from pdnsr.prompts.encoder import RANDOM_TAGS, PromptEncoder
 from pdnsr.tools.experiments.prompt_information import score
 from pdnsr.tools.experiments.runs import hashed_name, launch, validation_results, weights_path
 from pdnsr.utils.files import fill_once
-
-SHARED = REPO_ROOT.parent / 'shared' / 'data'
 
 
 def prepare_pairs(sources, out_dir, scale, sigma, crop=None, limit=None):
@@ -268,8 +266,8 @@ def main():
     parser.add_argument(
         '--dcm-bank', choices=('paper', 'compact'), default='paper', help="EDSR+'s network_g.dcm.bank (default paper)"
     )
-    parser.add_argument('--train-data', default=str(SHARED / 'train'))
-    parser.add_argument('--bench-data', default=str(SHARED / 'benchmarks'))
+    parser.add_argument('--train-data', default=str(SHARED_DATA / 'train'))
+    parser.add_argument('--bench-data', default=str(SHARED_DATA / 'benchmarks'))
     parser.add_argument(
         '--workdir',
         default=None,

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The project machines' small data sets; a user's clone has none (a benchmark that needs them prints SKIPPED, exit 0).
+SHARED_DATA = Path(os.environ.get('PDNSR_SHARED_DATA') or REPO_ROOT.parent / 'shared' / 'data')
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 

@@ -65,6 +65,12 @@ def _child(request, runpy):
         sys.stdin = open(os.devnull)
         sys.stdout = open(1, 'w', buffering=1, closefd=False)
         sys.stderr = open(2, 'w', buffering=1, closefd=False)
+        if request.get('memory'):  # what the command may allocate beyond what it holds at its start
+            import resource
+
+            with open('/proc/self/statm') as f:
+                held = int(f.read().split()[0]) * os.sysconf('SC_PAGE_SIZE')
+            resource.setrlimit(resource.RLIMIT_AS, (held + request['memory'], resource.RLIM_INFINITY))
         threads = os.environ.get('OMP_NUM_THREADS')
         if threads:
             import torch
@@ -133,7 +139,7 @@ _SERVER = None
 _SERVER_LOCK = threading.Lock()
 
 
-def run(argv, cwd=None, env=None, timeout=300):
+def run(argv, cwd=None, env=None, timeout=300, memory=None):
     """Run one command and wait for it, like ``subprocess.run(argv, capture_output=True, text=True)``.
 
     Args:
@@ -141,6 +147,8 @@ def run(argv, cwd=None, env=None, timeout=300):
         cwd (str | None): its working directory (default this one).
         env (dict | None): its whole environment (default this process's).
         timeout (float): seconds before it is killed (``subprocess.TimeoutExpired``).
+        memory (int | None): bytes of address space it may add to what the imports hold (``RLIMIT_AS``): a
+            machine that runs out of memory.
 
     Returns:
         subprocess.CompletedProcess: ``returncode``, ``stdout``, ``stderr``.
@@ -148,7 +156,7 @@ def run(argv, cwd=None, env=None, timeout=300):
     global _SERVER
     cwd = os.path.abspath(cwd or os.getcwd())
     env = dict(os.environ if env is None else env)
-    if os.environ.get('PDNSR_TEST_FORK', '1') == '0' or argv[0] != sys.executable:
+    if (os.environ.get('PDNSR_TEST_FORK', '1') == '0' or argv[0] != sys.executable) and not memory:
         return subprocess.run(
             argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
         )
@@ -160,6 +168,7 @@ def run(argv, cwd=None, env=None, timeout=300):
         for path in (out, err):
             open(path, 'w').close()
         request = {'argv': argv[1:], 'cwd': cwd, 'env': env, 'stdout': out, 'stderr': err, 'timeout': timeout}
+        request['memory'] = memory
         status = _SERVER.submit(request).result()
         if status == -signal.SIGALRM:
             raise subprocess.TimeoutExpired(argv, timeout)

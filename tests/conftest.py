@@ -9,17 +9,27 @@ import torch
 import pdnsr  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
+# The project machines' small data sets (Set5, Set14, BSD68, Sun-Hays80); a user's clone has none. PDNSR_SHARED_DATA
+# points elsewhere (tests/test_any_clone.py hides it to check that every test needing it skips with the reason).
+SHARED_DATA = Path(os.environ.get('PDNSR_SHARED_DATA') or REPO_ROOT.parent / 'shared' / 'data')
 
 # Two threads everywhere: the CI machine has two cores and oversubscription makes the suite slower, not faster.
 torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(items):
+    """Mark ``shared`` every test that reads the shared data (its ``shared_data`` fixture, or a ``shared`` mark of
+    its own): ``pytest -m shared`` selects them (tests/test_any_clone.py)."""
+    for item in items:
+        if 'shared_data' in getattr(item, 'fixturenames', ()):
+            item.add_marker(pytest.mark.shared)
 
 
 @pytest.fixture(scope='session')
 def shared_data():
     """``../shared/data`` beside the repository; tests that need it skip with the reason when it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f'shared benchmark data not found at {SHARED_DATA} (only present on the project machines)')
+        pytest.skip(f'shared benchmark data not found at {SHARED_DATA} (only on the project machines)')
     return SHARED_DATA
 
 

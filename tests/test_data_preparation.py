@@ -21,12 +21,11 @@ from basicsr.data.transforms import mod_crop
 from basicsr.utils.matlab_functions import imresize
 # isort: on
 
+from conftest import REPO_ROOT, SHARED_DATA  # noqa: E402
 from pdnsr.data.degradations import blur_downsample
 from pdnsr.tools.prepare import cli
 from pdnsr.tools.prepare.cli import script_main as prepare
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 needs_shared = pytest.mark.skipif(
     not (SHARED_DATA / 'benchmarks' / 'Set5').is_dir(), reason=f'shared test data not found at {SHARED_DATA}'
 )
@@ -106,6 +105,7 @@ def test_blur_downsample_dtypes_and_plain_bicubic():
 # ---------------------------------------------------------------- benchmark command
 
 
+@pytest.mark.shared
 @needs_shared
 def test_prepare_benchmark(tmp_path, capsys):
     src = tmp_path / 'in'
@@ -270,6 +270,7 @@ def test_prepare_faces(tmp_path, capsys):
 # ---------------------------------------------------------------- prompts through the commands
 
 
+@pytest.mark.shared
 @needs_shared
 def test_prepare_benchmark_mixed_prompts(tmp_path, capsys):
     from pdnsr.data.prompt_store import PromptStore
