@@ -1,65 +1,130 @@
-"""Every benchmark script runs with ``--quick`` and prints its markdown table and command (values not checked).
+"""Every benchmark script runs with ``--quick``, prints its markdown table and its command, and what it measures
+holds on the table's numbers (a DCM costs more than a plain convolution, the compact bank has fewer parameters and
+the same multiply-adds, an ONNX graph computes what PyTorch does...).
 
-The scripts start in parallel subprocesses (one thread each): most of each run is the import of torch / basicsr,
-which would otherwise be paid once per script in a row.
+The scripts run side by side, each in a process of its own (:func:`commands.run`), one thread each.
 """
 
 import os
 import re
-import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
+import commands
 import pytest
 
 from conftest import REPO_ROOT
 
-# Every script in a subprocess: minutes in all, so not part of the fast loop (pytest -m 'not slow').
+# Every script, some of them training: a minute or more in all, so not part of the fast loop (pytest -m 'not slow').
 pytestmark = pytest.mark.slow
 
-# script -> (extra arguments, a table header line it must print)
+
+def rows(out, first):
+    """The rows of the table whose first cell starts with ``first``: lists of cells."""
+    return [
+        [c.strip() for c in line.strip('|').split('|')] for line in out.splitlines() if line.startswith(f'| {first}')
+    ]
+
+
+def number(cell):
+    return float(cell.replace(',', '').rstrip('×%').split()[0])
+
+
+def dcm_costs_more_than_a_conv(out):
+    ratios = [number(r[3]) for r in rows(out, '2 | DCM')]
+    return len(ratios) >= 3 and all(r > 1 for r in ratios)
+
+
+def plus_networks_cost_more(out):
+    found = rows(out, '')
+    pairs = [r for r in found if '/' in r[0] and r[2].replace('.', '').isdigit()]
+    return len(pairs) >= 6 and all(number(r[3]) > number(r[2]) for r in pairs)
+
+
+def compact_bank_same_macs_fewer_params(out):
+    by_net = {}
+    for r in rows(out, ''):
+        if r[1] in ('paper', 'compact'):
+            by_net.setdefault(r[0], {})[r[1]] = r
+    checked = [
+        number(b['compact'][2]) < number(b['paper'][2]) and b['compact'][4] == b['paper'][4] for b in by_net.values()
+    ]
+    return len(checked) >= 3 and all(checked)
+
+
+def plus_memory_at_least_the_baseline(out):
+    plus = rows(out, 'RCANPlus')
+    return len(plus) == 2 and all(number(r[4]) >= 1 for r in plus)
+
+
+def onnx_equals_pytorch(out):
+    found = [r for r in rows(out, '') if r[1] in ('two-input', 'two-input stacked', 'baked', 'image-only')]
+    return len(found) >= 6 and all(number(r[8]) <= 1e-4 for r in found)
+
+
+def every_step_timed(out):
+    steps = rows(out, 'EDSRPlus')
+    return len(steps) >= 4 and all(number(r[2]) > 0 for r in steps)
+
+
+def scores_are_psnr_and_ssim(out):
+    """Every PSNR of the results is a real one (5-60 dB after a few iterations) and every SSIM in (0, 1]."""
+    psnr, ssim = [], []
+    for r in rows(out, 'Set'):
+        if r[1] in ('PSNR (dB)', 'SSIM'):  # bench_quality: a row per metric
+            (ssim if r[1] == 'SSIM' else psnr).extend(map(float, r[2:4]))
+        for cell in r[2:]:  # bench_prompt_information: "PSNR / SSIM" cells
+            found = re.fullmatch(r'([\d.]+) / ([\d.]+)', cell)
+            if found:
+                psnr.append(float(found[1]))
+                ssim.append(float(found[2]))
+    return bool(psnr and ssim) and all(5 < v < 60 for v in psnr) and all(0 < v <= 1 for v in ssim)
+
+
+# script -> (a header line of its table, what must hold on the numbers)
 SCRIPTS = {
-    'bench_dcm.py': ([], '| batch | variant | median ms |'),
-    'bench_networks.py': ([], '| pair | DCM bank | baseline ms |'),
-    'bench_memory.py': ([], '| network | params | RSS of model + inputs (MiB) |'),
-    'bench_amp.py': ([], '| module | autocast dtype | output finite |'),
-    'count_params.py': ([], '| network | DCM bank | params | ÷ baseline | MACs / LR pixel |'),
-    'bench_quality.py': ([], '| set | metric | EDSR | EDSR+ |'),
-    'bench_prompt_information.py': ([], '| set | degradation | EDSR | full: right | full: swapped |'),
-    'bench_tiling.py': ([], '| network | tile | pad |'),
-    'bench_prompt_data.py': ([], '| measurement | value |'),
-    'bench_inference_memory.py': ([], '| network | LR input |'),
-    'bench_onnx.py': ([], '| network | graph | PyTorch ms | onnxruntime ms |'),
-    'bench_train_step.py': ([], '| network | training step | median ms |'),
-    'bench_router.py': (['--train', '--mechanisms', 'scaled', 'layernorm'], '| router | Set5 right − EDSR |'),
+    'bench_dcm.py': ('| batch | variant | median ms |', dcm_costs_more_than_a_conv),
+    'bench_networks.py': ('| pair | DCM bank | baseline ms |', plus_networks_cost_more),
+    'bench_memory.py': ('| network | params | RSS of model + inputs (MiB) |', plus_memory_at_least_the_baseline),
+    'count_params.py': (
+        '| network | DCM bank | params | ÷ baseline | MACs / LR pixel |',
+        compact_bank_same_macs_fewer_params,
+    ),
+    'bench_onnx.py': ('| network | graph | PyTorch ms | onnxruntime ms |', onnx_equals_pytorch),
+    'bench_train_step.py': ('| network | training step | median ms |', every_step_timed),
+    'bench_quality.py': ('| set | metric | EDSR | EDSR+ |', scores_are_psnr_and_ssim),
+    'bench_prompt_information.py': (
+        '| set | degradation | EDSR | full: right | full: swapped |',
+        scores_are_psnr_and_ssim,
+    ),
 }
 # Scripts that train through pdnsr/train.py on ../shared/data: a work folder each, and a skip when the data is absent.
-TRAINS = ('bench_quality.py', 'bench_prompt_information.py', 'bench_router.py')
+TRAINS = ('bench_quality.py', 'bench_prompt_information.py')
 
 
 @pytest.fixture(scope='module')
 def quick_runs(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    procs = {}
-    for script, (extra, _) in SCRIPTS.items():
-        args = [sys.executable, str(REPO_ROOT / 'benchmarks' / script), '--quick', '--threads', '1', *extra]
+
+    def run(script):
+        args = [sys.executable, str(REPO_ROOT / 'benchmarks' / script), '--quick', '--threads', '1']
         if script in TRAINS:
             args += ['--workdir', str(tmp_path_factory.mktemp(script[:-3]))]
-        procs[script] = subprocess.Popen(
-            args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    results = {}
-    for script, proc in procs.items():
-        out, err = proc.communicate(timeout=600)
-        results[script] = (proc.returncode, out, err)
-    return results
+        return script, commands.run(args, cwd=REPO_ROOT, env=env, timeout=900)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(run, SCRIPTS))
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPTS))
 def test_quick_run_prints_table_and_command(quick_runs, script):
-    code, out, err = quick_runs[script]
-    assert code == 0, out[-2000:] + err[-3000:]
+    proc = quick_runs[script]
+    out = proc.stdout
+    assert proc.returncode == 0, out[-2000:] + proc.stderr[-3000:]
     assert f'ommand: `.venv/bin/python benchmarks/{script} --quick' in out, out[-2000:]
     assert 'torch ' in out and re.search(r'threads 1\b|\b1 threads', out)
     if script in TRAINS and 'SKIPPED: data not found' in out:
-        pytest.skip('shared data absent: the quality benchmark printed its skip message')
-    assert SCRIPTS[script][1] in out, out[-3000:]
+        pytest.skip('shared data absent: the benchmark printed its skip message')
+    header, holds = SCRIPTS[script]
+    assert header in out, out[-3000:]
+    assert holds(out), f'{holds.__name__} does not hold on:\n{out[-3000:]}'

@@ -67,7 +67,11 @@ def test_quick_demo_end_to_end(tmp_path):
     for deg in demo.DEGRADATIONS:
         for name in (f'attention_{deg.name}_dcm{i}_{which}.png' for i in (0, last) for which in ('right', 'wrong')):
             picture = cv2.imread(str(out / name))
-            assert picture is not None and picture.shape == hr.shape, name
+            assert picture is not None and picture.shape == (
+                hr.shape[0],
+                hr.shape[1] + colour_bar(hr.shape[0]).shape[1],
+                3,
+            ), name
 
     # Training tiles carry both blurs, and the prompt store holds the caption naming each tile's blur.
     from pdnsr.data.prompt_store import PromptStore
