@@ -176,5 +176,21 @@ def run(argv, cwd=None, env=None, timeout=300, memory=None):
             return subprocess.CompletedProcess(argv, status, f_out.read(), f_err.read())
 
 
+def launch(opt, root, script='train', args=(), timeout=300, env=None, threads=1):
+    """:func:`pdnsr.tools.experiments.runs.launch` of one process (the same option file, environment and log file,
+    the log being the command's stdout, then its stderr) through :func:`run`. Returns its ``RunResult``."""
+    import time
+
+    from pdnsr.tools.experiments.runs import RunResult, run_command
+
+    command, environ, log_path = run_command(opt, str(root), script, args, threads=threads, env=env)
+    start = time.time()
+    proc = run(command, cwd=str(root), env=environ, timeout=timeout)
+    with open(log_path, 'w', encoding='utf-8') as log:
+        log.write(proc.stdout + proc.stderr)
+    tail = '\n'.join((proc.stdout + proc.stderr).rstrip().splitlines()[-40:])
+    return RunResult(proc.returncode, tail, time.time() - start, log_path)
+
+
 if __name__ == '__main__':
     _serve()

@@ -78,15 +78,3 @@ def load_script(name, folder='scripts'):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def torchrun_weights(opt, tmp_path, port, nproc=2):
-    """Train ``opt`` through basicsr's pipeline in ``nproc`` gloo processes (``torchrun``); every rank dumps its
-    final weights (``tests/ddp_train_and_dump.py``). Returns the list of state dicts, rank 0 first."""
-    from pdnsr.tools.experiments.runs import launch
-
-    opt = dict(opt, model_type='WeightDumpingPDNModel')
-    script = str(REPO_ROOT / 'tests' / 'ddp_train_and_dump.py')
-    result = launch(opt, str(tmp_path), script, nproc=nproc, port=port, timeout=300, env={'DUMP_DIR': str(tmp_path)})
-    assert result.returncode == 0, result.tail
-    return [torch.load(tmp_path / f'weights_rank{r}.pth') for r in range(nproc)]

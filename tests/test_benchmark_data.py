@@ -5,10 +5,10 @@ and bench_quality.py; and what a user error on a benchmark's command line gets (
 import ast
 import os
 import re
-import subprocess
 import sys
 from types import SimpleNamespace
 
+import commands
 import cv2
 import numpy as np
 import pytest
@@ -111,7 +111,7 @@ def test_a_bad_input_on_the_command_line_is_one_error_line(tmp_path, script):
     for workdir, message in cases.items():
         command = [sys.executable, str(REPO_ROOT / 'benchmarks' / script), '--quick', '--workdir', workdir]
         command += ['--train-data', str(tmp_path / 'src'), '--bench-data', str(tmp_path / 'src')]
-        proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        proc = commands.run(command, REPO_ROOT)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
         assert 'Traceback' not in proc.stderr and re.fullmatch(f'{script}: error: .*{message}.*', lines[-1]), lines

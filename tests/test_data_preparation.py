@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import commands
 import cv2
 import numpy as np
 import pytest
@@ -143,13 +144,7 @@ def test_prepare_benchmark(tmp_path, capsys):
 @pytest.mark.slow
 def test_prepare_benchmark_cli_user_error(tmp_path):
     script = REPO_ROOT / 'scripts' / 'data_preparation' / 'prepare_benchmark.py'
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / 'missing'), str(tmp_path / 'out')],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = commands.run([sys.executable, str(script), str(tmp_path / 'missing'), str(tmp_path / 'out')], REPO_ROOT)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f'prepare_benchmark.py: error: input folder not found: {tmp_path}/missing'), line

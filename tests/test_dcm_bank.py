@@ -1,9 +1,9 @@
 """The compact kernel bank against the converted paper bank, the checkpoint converter, and the eval-time cache."""
 
 import os
-import subprocess
 import sys
 
+import commands
 import pytest
 import torch
 from basicsr.archs import build_network
@@ -153,7 +153,7 @@ def test_convert_script_writes_params_and_params_ema(tmp_path):
     src, dst = tmp_path / 'paper.pth', tmp_path / 'compact.pth'
     torch.save({'params': paper.state_dict(), 'params_ema': ema}, src)
     script = os.path.join(REPO_ROOT, 'scripts', 'convert_dcm_bank.py')
-    done = subprocess.run([sys.executable, script, str(src), str(dst)], capture_output=True, text=True)
+    done = commands.run([sys.executable, script, str(src), str(dst)])
     assert done.returncode == 0, done.stderr
     assert 'params: 2 DCMs, params_ema: 2 DCMs converted' in done.stdout
     converted = torch.load(dst, weights_only=True)
@@ -166,13 +166,11 @@ def test_convert_script_writes_params_and_params_ema(tmp_path):
         with torch.no_grad():
             torch.testing.assert_close(compact(x, p), reference(x, p), rtol=1e-4, atol=1e-5)
     # Converting again finds nothing to convert: one clear error, exit status 2, nothing written.
-    again = subprocess.run([sys.executable, script, str(dst), str(tmp_path / 'x.pth')], capture_output=True, text=True)
+    again = commands.run([sys.executable, script, str(dst), str(tmp_path / 'x.pth')])
     assert again.returncode == 2
     assert 'has no DCM with the paper kernel bank' in again.stderr and 'Traceback' not in again.stderr
     assert not (tmp_path / 'x.pth').exists()
-    missing = subprocess.run(
-        [sys.executable, script, str(tmp_path / 'no.pth'), str(dst)], capture_output=True, text=True
-    )
+    missing = commands.run([sys.executable, script, str(tmp_path / 'no.pth'), str(dst)])
     assert missing.returncode == 2 and 'no.pth does not exist' in missing.stderr
 
 

@@ -5,9 +5,9 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 
+import commands
 import cv2
 import numpy as np
 import pytest
@@ -507,26 +507,8 @@ def test_script_entry_point_runs_as_a_process(tmp_path, paired_data, models):
     """The thin script runs as a user would start it; a user error is one line and exit status 2, no traceback."""
     model = models['edsr_plus']
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'inference_pdnsr.py')
-    proc = subprocess.run(
-        [
-            sys.executable,
-            script,
-            '--opt',
-            model[0],
-            '--weights',
-            model[1],
-            '--input',
-            paired_data['lr'],
-            '--output',
-            str(tmp_path),
-            '--fp16',
-            '--device',
-            'cpu',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    argv = ['--opt', model[0], '--weights', model[1], '--input', paired_data['lr'], '--output', str(tmp_path)]
+    proc = commands.run([sys.executable, script, *argv, '--fp16', '--device', 'cpu'])
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith('inference_pdnsr.py: error: --fp16 needs a CUDA device')
     assert 'Traceback' not in proc.stderr

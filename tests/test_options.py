@@ -3,9 +3,9 @@
 import copy
 import glob
 import os
-import subprocess
 import sys
 
+import commands
 import pytest
 import yaml
 from basicsr.models import build_model
@@ -17,11 +17,7 @@ OPTION_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'options', '*.yml')))
 
 
 def test_option_files_match_their_generator():
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, 'scripts', 'make_option_files.py'), '--check'],
-        capture_output=True,
-        text=True,
-    )
+    proc = commands.run([sys.executable, os.path.join(REPO_ROOT, 'scripts', 'make_option_files.py'), '--check'])
     assert proc.returncode == 0, proc.stderr
 
 

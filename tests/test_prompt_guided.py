@@ -17,7 +17,6 @@ from basicsr.models.base_model import BaseModel
 from test_training import log_values, run_cli, tiny_options
 from torch import nn
 
-from conftest import torchrun_weights
 from pdnsr.archs import (
     EDSRPlus,
     RDNPlus,
@@ -412,7 +411,7 @@ def test_compile_hand_written_edsr_plus_has_no_graph_break_its_placement_two():
 @pytest.mark.slow
 def test_compile_inductor_matches_eager():
     torch._dynamo.reset()
-    net = plus('RRDBNet')
+    net = plus('RRDBNet', num_block=1)
     compiled = torch.compile(net)
     for seed in range(2):
         x, p = inputs('RRDBNet', seed)
@@ -508,12 +507,3 @@ def test_finetune_rrdbnet_plus_from_a_real_esrgan_layout_checkpoint(paired_data,
     assert list(ckpt['params']) == list(ckpt['params_ema'])
     for k, v in base.state_dict().items():  # the backbone started from the checkpoint and kept its names
         assert ckpt['params'][k].shape == v.shape
-
-
-@pytest.mark.slow
-def test_torchrun_two_processes_train_rrdbnet_plus(paired_data, tmp_path):
-    """DDP through basicsr's pipeline (gloo, 2 ranks): the ranks end with identical weights, DCMs included."""
-    rank0, rank1 = torchrun_weights(_rrdb_options(paired_data, 'ddp_rrdb', total_iter=4), tmp_path, port=29733)
-    assert any(k.startswith('dcms.') for k in rank0)
-    for k in rank0:
-        torch.testing.assert_close(rank0[k], rank1[k], rtol=0, atol=0)

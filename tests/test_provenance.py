@@ -10,6 +10,7 @@ ViT-S-32-alt saved as a local weights file (identified by its SHA-256). Tiny EDS
 import hashlib
 import os
 
+import commands
 import cv2
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from pdnsr.models.pdn_model import build_in_process
 from pdnsr.models.run_checks import check_run_options, preflight
 from pdnsr.prompts.build import build_prompt_store
 from pdnsr.prompts.encoder import PromptEncoder
-from pdnsr.tools.experiments.runs import launch, weights_path
+from pdnsr.tools.experiments.runs import weights_path
 from pdnsr.tools.infer import main as infer_main
 
 TINY = dict(num_feat=8, num_block=1)
@@ -214,7 +215,7 @@ def trained(paired_data, tmp_path_factory):
     """Two iterations of ``pdnsr/train.py`` (EMA on) on the seed-0 image store."""
     root = tmp_path_factory.mktemp('trained')
     opt = train_options(paired_data, 'prov')
-    result = launch(opt, str(root), 'train', threads=1, timeout=300)
+    result = commands.launch(opt, root, 'train')
     assert result.returncode == 0, result.tail
     return {
         'root': root,
@@ -268,7 +269,7 @@ def run_test_script(root, opt, name):
     results = os.path.join(str(root), 'results', name)
     os.makedirs(results, exist_ok=True)
     open(os.path.join(results, 'earlier.txt'), 'w').close()
-    result = launch(dict(opt, name=name), str(root), 'test', threads=1, timeout=300)
+    result = commands.launch(dict(opt, name=name), root, 'test')
     return result.returncode, open(result.log_path, encoding='utf-8').read()
 
 

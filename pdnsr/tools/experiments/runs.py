@@ -88,6 +88,25 @@ def weights_path(root, name, which='latest'):
     return os.path.join(root, 'experiments', name, 'models', f'net_g_{which}.pth')
 
 
+def run_command(opt, root, script='train', args=(), nproc=1, port=29500, threads=1, env=None, launcher=None):
+    """What :func:`launch` runs: writes ``opt`` to ``<root>/<name>_<script>.yml`` and returns ``(argv, environment,
+    log path)``."""
+    from pdnsr.options import write_options
+
+    if launcher not in (None, 'torchrun'):
+        raise ValueError(f"launch: launcher must be None or 'torchrun', got {launcher!r}")
+    label = script if script in ('train', 'test') else os.path.splitext(os.path.basename(script))[0]
+    path = write_options(opt, os.path.join(root, f'{opt["name"]}_{label}.yml'))
+    script_path = os.path.join(PDNSR_DIR, f'{script}.py') if script in ('train', 'test') else script
+    command = [sys.executable, script_path, '-opt', path, *args]
+    if nproc > 1 or launcher == 'torchrun':
+        command = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}',
+                   f'--master_port={port}', *command[1:], '--launcher', 'pytorch']  # fmt: skip
+    environ = dict(os.environ, PDNSR_ROOT=str(root), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    environ.update(PYTHONUNBUFFERED='1', **(env or {}))
+    return command, environ, os.path.join(root, f'{opt["name"]}_{label}.log')
+
+
 def launch(
     opt,
     root,
@@ -123,20 +142,7 @@ def launch(
     Returns:
         RunResult: the log (stdout and stderr together) is kept at ``<root>/<name>_<script>.log``.
     """
-    from pdnsr.options import write_options
-
-    if launcher not in (None, 'torchrun'):
-        raise ValueError(f"launch: launcher must be None or 'torchrun', got {launcher!r}")
-    label = script if script in ('train', 'test') else os.path.splitext(os.path.basename(script))[0]
-    path = write_options(opt, os.path.join(root, f'{opt["name"]}_{label}.yml'))
-    script_path = os.path.join(PDNSR_DIR, f'{script}.py') if script in ('train', 'test') else script
-    command = [sys.executable, script_path, '-opt', path, *args]
-    if nproc > 1 or launcher == 'torchrun':
-        command = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}',
-                   f'--master_port={port}', *command[1:], '--launcher', 'pytorch']  # fmt: skip
-    environ = dict(os.environ, PDNSR_ROOT=str(root), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    environ.update(PYTHONUNBUFFERED='1', **(env or {}))
-    log_path = os.path.join(root, f'{opt["name"]}_{label}.log')
+    command, environ, log_path = run_command(opt, root, script, args, nproc, port, threads, env, launcher)
     tail = deque(maxlen=40)
     start = time.time()
     with open(log_path, 'w', encoding='utf-8', buffering=1) as log:  # line-buffered: readable while it runs
