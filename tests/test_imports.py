@@ -80,3 +80,46 @@ def test_errors_import_nothing_of_pdnsr():
 def test_package_init_modules_are_in_the_graph():
     graph = import_graph()
     assert 'pdnsr.archs.dcm_arch' in graph['pdnsr.archs'] and Path(PACKAGE / 'errors.py').is_file()
+
+
+def folder_of(module):
+    """The folder a module belongs to: ``pdnsr.archs``, ``pdnsr.tools.export``; a top-level module is its own."""
+    parts = module.split('.')
+    depth = 3 if parts[1:2] == ['tools'] else 2
+    return '.'.join(parts[:depth])
+
+
+def folder_graph(graph):
+    folders = {}
+    for module, targets in graph.items():
+        edges = folders.setdefault(folder_of(module), set())
+        edges |= {folder_of(t) for t in targets} - {folder_of(module)}
+    for edges in list(folders.values()):
+        for folder in edges:
+            folders.setdefault(folder, set())
+    return folders
+
+
+def test_no_import_cycle_between_folders():
+    # modules without a cycle, folders with one: what the module-level test cannot see
+    modules = {'pdnsr.data.a': {'pdnsr.prompts.b'}, 'pdnsr.prompts.b': {'pdnsr.data.c'}, 'pdnsr.data.c': set()}
+    assert find_cycle(modules) is None
+    assert find_cycle(folder_graph(modules)) == ['pdnsr.data', 'pdnsr.prompts', 'pdnsr.data']
+    cycle = find_cycle(folder_graph(import_graph()))
+    assert cycle is None, ' -> '.join(cycle)
+
+
+def test_the_core_never_imports_a_tool():
+    """The core (``pdnsr/`` but ``pdnsr/tools/``) is what a BasicSR user imports; the tools are built on it."""
+    wrong = {
+        f'{module} -> {target}'
+        for module, targets in import_graph().items()
+        if not module.startswith('pdnsr.tools')
+        for target in targets
+        if target.startswith('pdnsr.tools')
+    }
+    assert not wrong, sorted(wrong)
+    assert (
+        folder_of('pdnsr.tools.export.onnx') == 'pdnsr.tools.export'
+        and folder_of('pdnsr.archs.dcm_arch') == 'pdnsr.archs'
+    )
