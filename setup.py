@@ -27,6 +27,8 @@ setup(
         'test': ['pytest>=7', 'ruff>=0.4'],
         # pdnsr-export, pdnsr-infer --onnx, pdnsr.tools.export.spandrel (docs/deploy.md); imported only when used
         'deploy': ['onnx>=1.17', 'onnxruntime>=1.20', 'spandrel>=0.4.2', 'safetensors>=0.4'],
+        # pdnsr-app, the local web page (docs/app.md), and its browser test (Debian's Chromium, driven by Playwright)
+        'app': ['gradio>=6,<7', 'playwright>=1.50'],
     },
     entry_points={
         'console_scripts': [
@@ -36,6 +38,7 @@ setup(
             'pdnsr-demo=pdnsr.tools.demo:main',
             'pdnsr-prepare=pdnsr.tools.prepare.cli:main',
             'pdnsr-export=pdnsr.tools.export.cli:main',
+            'pdnsr-app=pdnsr.tools.app:main',
         ],
     },
 )

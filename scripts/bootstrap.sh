@@ -25,7 +25,7 @@ stamp="$venv/.pdnsr-install-stamp"
 want=$(cat setup.py constraints-ci.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[pdnsr] installing pdnsr and its pinned dependencies (torch is large: the first time takes minutes)" >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints-ci.txt -e ".[test,deploy]"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints-ci.txt -e ".[test,deploy,app]"
   echo "$want" > "$stamp"
 fi
 

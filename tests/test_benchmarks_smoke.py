@@ -88,6 +88,12 @@ def scores_are_psnr_and_ssim(out):
     return bool(psnr and ssim) and all(5 < v < 60 for v in psnr) and all(0 < v <= 1 for v in ssim)
 
 
+def page_load_and_click_timed(out):
+    """The page's first load and the click to all its outputs, each timed in seconds, in a real browser."""
+    found = {r[0].split(' (')[0]: number(r[3]) for r in rows(out, '') if r[0].startswith(('first page', 'click to'))}
+    return sorted(found) == ['click to all outputs', 'first page load'] and all(s > 0 for s in found.values())
+
+
 # script -> (a header line of its table, what must hold on the numbers)
 SCRIPTS = {
     'bench_dcm.py': ('| batch | variant | median ms |', every_dcm_form_timed),
@@ -104,6 +110,7 @@ SCRIPTS = {
         '| set | degradation | EDSR | full: right | full: swapped |',
         scores_are_psnr_and_ssim,
     ),
+    'bench_app.py': ('| measure | target | first s | median s |', page_load_and_click_timed),
 }
 # Scripts that train through pdnsr/train.py on ../shared/data: a work folder each, and a skip when the data is absent.
 TRAINS = ('bench_quality.py', 'bench_prompt_information.py')
@@ -132,6 +139,8 @@ def test_quick_run_prints_table_and_command(quick_runs, script):
     assert 'torch ' in out and re.search(r'threads 1\b|\b1 threads', out)
     if script in TRAINS and 'SKIPPED: data not found' in out:
         pytest.skip('shared data absent: the benchmark printed its skip message')
+    if script == 'bench_app.py' and 'SKIPPED: ' in out:  # no Gradio, Playwright or Chromium here
+        pytest.skip(out.split('SKIPPED: ', 1)[1].splitlines()[0])
     header, holds = SCRIPTS[script]
     assert header in out, out[-3000:]
     assert holds(out), f'{holds.__name__} does not hold on:\n{out[-3000:]}'

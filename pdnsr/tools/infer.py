@@ -75,10 +75,10 @@ def build_parser(prog='pdnsr-infer'):
     return parser
 
 
-def add_tile_arguments(parser):
+def add_tile_arguments(parser, tile_default='whole image'):
     """``--tile``, ``--tile-pad`` and ``--device`` of :class:`pdnsr.inference.Upsampler`, shared with
-    ``scripts/visualize_attention.py``."""
-    parser.add_argument('--tile', type=int, help='LR tile size (saves memory on large images); default whole image')
+    ``scripts/visualize_attention.py`` and ``pdnsr-app``."""
+    parser.add_argument('--tile', type=int, help=f'LR tile size (saves memory on large images); default {tile_default}')
     parser.add_argument('--tile-pad', type=int, default=32, help='LR context pixels around each tile (default 32)')
     parser.add_argument('--device', help='cpu, cuda, cuda:N (default cuda if available, else cpu)')
 
