@@ -81,22 +81,26 @@ def missing():
     return None
 
 
-def serve(command, threads, log_path, timeout=300):
-    """``(process, seconds to its "serving" line, url)`` of ``command + ['--port', N]`` on a free loopback port."""
+def start(command, threads, log_path):
+    """``(process, its start time, url)``: ``command + ['--port', N]`` started on a free loopback port."""
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1', GRADIO_ANALYTICS_ENABLED='False')
-    start = time.perf_counter()
     with open(log_path, 'w') as log:
         streams = dict(stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         proc = subprocess.Popen([*command, '--port', str(port)], cwd=common.REPO_ROOT, env=env, **streams)
-    while time.perf_counter() - start < timeout and proc.poll() is None:
+    return proc, time.perf_counter(), f'http://127.0.0.1:{port}/'
+
+
+def wait_serving(proc, started, log_path, timeout=300):
+    """Seconds from ``started`` to the process's "serving" line."""
+    while time.perf_counter() - started < timeout and proc.poll() is None:
         if 'serving http' in open(log_path).read():
-            return proc, time.perf_counter() - start, f'http://127.0.0.1:{port}/'
+            return time.perf_counter() - started
         time.sleep(0.1)
     proc.kill()
-    raise common.UserError(f'{command[-1]} did not start: {open(log_path).read()[-1500:]}')
+    raise common.UserError(f'a server did not start: {open(log_path).read()[-1500:]}')
 
 
 def measure(urls, lr_path, reps, screenshot=None):
@@ -164,14 +168,15 @@ def main():
         cat = sample_photos()['chelsea']
         cv2.imwrite(lr_path, np.ascontiguousarray(cat[20 : 20 + size, 100 : 100 + size, ::-1]))
         app = [sys.executable, '-m', 'pdnsr.tools.app', '--weights', weights]
-        servers, started, urls = [], {}, {}
+        servers, started, urls = {}, {}, {}
         try:
-            for which, command in (('load', app), ('minimal', [sys.executable, '-c', MINIMAL_PAGE])):
-                proc, started[which], urls[which] = serve(command, args.threads, os.path.join(tmp, f'{which}.log'))
-                servers.append(proc)
+            for which, command in (('load', app), ('minimal', [sys.executable, '-c', MINIMAL_PAGE])):  # side by side
+                servers[which], started[which], urls[which] = start(command, args.threads, f'{tmp}/{which}.log')
+            for which, proc in servers.items():
+                started[which] = wait_serving(proc, started[which], f'{tmp}/{which}.log')
             times = measure(urls, lr_path, args.reps, args.screenshot)
         finally:
-            for proc in servers:
+            for proc in servers.values():
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
 

@@ -4,7 +4,7 @@
 #   bash scripts/bootstrap.sh demo [demo options]     # trains EDSR and EDSR+ on built-in photos, prints a table
 #   bash scripts/bootstrap.sh test [pytest options]   # the test suite (what CI runs)
 #
-# The environment lives in $PDNSR_VENV (default .venv). It is created with $PYTHON (default python3, >= 3.9) and
+# The environment lives in $PDNSR_VENV (default .venv). It is created with $PYTHON (default python3, >= 3.10: Gradio 6 of the app extra needs it) and
 # the pinned, tested package set of constraints-ci.txt; re-installs only when setup.py or the constraints change.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,7 @@ installs all three). ``PDNSR_APP_SCREENSHOT=path`` keeps its screenshot there, a
 runs it on another checkpoint (the demo's EDSR+ for docs/img/app.png)::
 
     PDNSR_APP_WEIGHTS=demo_output/experiments/demo_plus/models/net_g_latest.pth \\
-        PDNSR_APP_SCREENSHOT=docs/img/app.png .venv/bin/python -m pytest -q tests/test_app.py -k browser
+        PDNSR_APP_SCREENSHOT=docs/img/app.png .venv/bin/python -m pytest -q tests/test_app.py -k chromium
 """
 
 import importlib.util

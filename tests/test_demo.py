@@ -84,7 +84,8 @@ def test_quick_demo_end_to_end(tmp_path):
     assert 'temperature' in plus['train']
     assert base['train'] == {k: v for k, v in plus['train'].items() if k != 'temperature'}
     assert base['manual_seed'] == plus['manual_seed'] and base['num_gpu'] == 0
-    assert (out / 'experiments' / 'demo_plus' / 'models' / 'net_g_latest.pth').is_file()
+    weights = re.search(r'in a browser: pdnsr-app --weights (\S+) ', log)[1]  # the page's model, named for the user
+    assert weights == str(out / 'experiments' / 'demo_plus' / 'models' / 'net_g_latest.pth') and os.path.isfile(weights)
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):

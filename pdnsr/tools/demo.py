@@ -224,6 +224,8 @@ def run(args):
         f'results.md, SR images, option files, experiments/. Training {t_train:.0f} s, total '
         f'{time.time() - t_start:.0f} s.'
     )
+    weights = os.path.join(args.output, 'experiments', 'demo_plus', 'models', 'net_g_latest.pth')
+    print(f'See EDSR+ at work on your own photo in a browser: pdnsr-app --weights {weights} (docs/app.md)')
     return 0
 
 
