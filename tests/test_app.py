@@ -14,10 +14,12 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 
 import commands
 import cv2
@@ -49,13 +51,25 @@ def files(tmp_path_factory):
     """Test files: ``lr.png`` (200x160 of the demo's held-out cat), ``hr.png`` (240x200), ``notes.txt``, ``big.png``."""
     root = tmp_path_factory.mktemp('app_files')
     cat = sample_photos()['chelsea']
-    paths = {name: str(root / name) for name in ('lr.png', 'hr.png', 'notes.txt', 'big.png')}
+    paths = {name: str(root / name) for name in ('lr.png', 'hr.png', 'notes.txt', 'big.png', 'bomb.png')}
     cv2.imwrite(paths['lr.png'], np.ascontiguousarray(cat[40:200, 130:330, ::-1]))
     cv2.imwrite(paths['hr.png'], np.ascontiguousarray(cat[20:220, 100:340, ::-1]))
     cv2.imwrite(paths['big.png'], np.zeros((300, 300, 3), np.uint8))
     with open(paths['notes.txt'], 'w') as f:
         f.write('not an image\n')
+    with open(paths['bomb.png'], 'wb') as f:  # a 1 kB PNG whose header claims 20000 x 20000 pixels
+        f.write(_png_header(20000, 20000))
     return paths
+
+
+def _png_header(width, height):
+    """The bytes of a PNG of ``width`` x ``height`` RGB pixels whose data stops after a few rows."""
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+    header = chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0))
+    return b'\x89PNG\r\n\x1a\n' + header + chunk(b'IDAT', zlib.compress(bytes(1000))) + chunk(b'IEND', b'')
 
 
 @pytest.fixture(scope='module')
@@ -121,6 +135,8 @@ BAD_INPUTS = {
     'no image': (dict(upload=None), 'upload an image or pick a sample photo'),
     'a text file': (dict(upload='notes.txt'), 'notes.txt is not an image the page reads: cannot decode'),
     'an image over --max-pixels': (dict(upload='big.png'), 'big.png is 300x300 = 90000 pixels, more than the 62500'),
+    'a decompression bomb': (dict(upload='bomb.png'), 'bomb.png is not an image the page reads: Image size (4000'),
+    'an image prompt over --max-pixels': (dict(kind=app.PROMPT_KINDS[2], prompt_image='big.png'), 'image prompt big'),
     'an over-long caption': (dict(captions=f'a cat\n{LONG}'), 'caption 2 has 82 tokens'),
     'no caption': (dict(captions=' \n '), 'enter at least one caption'),
     'too many captions': (dict(captions='\n'.join(f'caption {i}' for i in range(7))), 'at most 6 at once'),

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pdnsr.errors import UserError
+from pdnsr.errors import UserError, one_line
 from pdnsr.utils.files import written_atomically
 
 # Matched case-insensitively: `photo.JPG` is an image too.
@@ -186,10 +186,16 @@ def read_bgr(path):
 
 def image_size(path):
     """(height, width) of an image file from its header, without decoding it (Pillow opens files lazily); None
-    when Pillow cannot read the header. The EXIF orientation is not applied, as in :func:`read_bgr`."""
+    when Pillow cannot read the header. The EXIF orientation is not applied, as in :func:`read_bgr`.
+
+    Raises:
+        ValueError: the header claims more pixels than Pillow's decompression-bomb bound (a file that is never read).
+    """
     try:
         with Image.open(os.fspath(path)) as img:
             return img.height, img.width
+    except Image.DecompressionBombError as err:  # over twice Image.MAX_IMAGE_PIXELS
+        raise ValueError(f'{path}: {one_line(err).rstrip(".")}: not read') from None
     except (OSError, ValueError, SyntaxError):  # Pillow raises these three for files it cannot identify or parse
         return None
 

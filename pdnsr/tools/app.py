@@ -54,15 +54,6 @@ LAUNCH = dict(share=False, quiet=True, show_error=False, prevent_thread_lock=Tru
 BARE = dict(ssr_mode=False, mcp_server=False, pwa=False, run_history=False, footer_links=[])
 
 
-def _read(path, what=''):
-    """(H, W, 3) RGB of an uploaded file; one that is no image is one line naming it (not its temporary path)."""
-    name = os.path.basename(path)
-    try:
-        return read_rgb(path)
-    except USER_ERRORS as err:
-        raise UserError(f'{what}{name} is not an image the page reads: {one_line(err).replace(path, name)}') from None
-
-
 def _slug(text, size=40):
     return re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')[:size] or 'prompt'
 
@@ -103,11 +94,7 @@ class Page:
     def _image(self, upload, sample):
         """The (H, W, 3) uint8 RGB of the upload (first) or the sample photo, and its name."""
         if upload:
-            name = os.path.basename(upload)
-            size = image_size(upload)  # from the header: a huge image is refused before it is decoded
-            if size:
-                self._check_size(name, *size)
-            rgb = _read(upload)
+            name, rgb = os.path.basename(upload), self._read(upload)
         elif sample:
             if sample not in SAMPLE_CAPTIONS:
                 raise UserError(f'no sample photo {sample!r}; pick one of {", ".join(SAMPLE_CAPTIONS)}')
@@ -116,6 +103,26 @@ class Page:
             raise UserError('upload an image or pick a sample photo')
         self._check_size(name, *rgb.shape[:2])
         return rgb, os.path.splitext(name)[0]
+
+    def _read(self, path, what=''):
+        """(H, W, 3) RGB of an uploaded file, its size checked from its header before it is decoded; one that is no
+        image or too large is one line naming it (not its temporary path)."""
+        name = f'{what}{os.path.basename(path)}'
+
+        def refused(err):
+            why = one_line(err).replace(f'{path}: ', '').replace(path, os.path.basename(path))
+            return UserError(f'{name} is not an image the page reads: {why}')
+
+        try:
+            size = image_size(path)
+        except ValueError as err:  # a header beyond Pillow's decompression-bomb bound
+            raise refused(err) from None
+        if size:
+            self._check_size(name, *size)
+        try:
+            return read_rgb(path)
+        except USER_ERRORS as err:
+            raise refused(err) from None
 
     def _check_size(self, name, h, w):
         if h * w > self.max_pixels:
@@ -131,7 +138,7 @@ class Page:
         if kind == PROMPT_KINDS[2]:
             if not prompt_image:
                 raise UserError('upload the image prompt (or choose captions)')
-            return [_read(prompt_image, 'image prompt ')], [f'image prompt {os.path.basename(prompt_image)}']
+            return [self._read(prompt_image, 'image prompt ')], [f'image prompt {os.path.basename(prompt_image)}']
         lines = [line.strip() for line in (captions or '').splitlines() if line.strip()]
         if not lines:
             raise UserError('enter at least one caption, one per line')
