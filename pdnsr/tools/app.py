@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import numpy as np
+from basicsr.data.transforms import mod_crop
 
 from pdnsr import provenance
 from pdnsr.archs.dcm_arch import dcm_modules
@@ -184,7 +185,7 @@ class Page:
         if have_hr:
             if not s:
                 raise UserError('the scale of this network is unknown: the page cannot make an LR image')
-            hr = rgb[: rgb.shape[0] - rgb.shape[0] % s, : rgb.shape[1] - rgb.shape[1] % s]
+            hr = mod_crop(rgb, s)
             if min(hr.shape[:2]) < MIN_LR_SIDE * s:
                 raise UserError(f'the HR image is {rgb.shape[1]}x{rgb.shape[0]}: its sides need {MIN_LR_SIDE * s} px')
             rgb = blur_downsample(hr, s, sigma=0)  # the project's bicubic: the LR of the data preparation
