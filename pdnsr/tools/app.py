@@ -72,10 +72,10 @@ class Page:
     def __init__(self, up, workdir, max_pixels, tile=None):
         self.up, self.workdir, self.max_pixels, self.tile = up, workdir, int(max_pixels), tile
         self.runs, self._embeddings = 0, {}
-        try:
-            self.dcms = up.attention_dcms(list(range(len(dcm_modules(up.net)))))
+        try:  # every DCM with a mask, and those shown by default (the first and the last)
+            self.dcms, self.shown_dcms = up.attention_dcms(list(range(len(dcm_modules(up.net))))), up.attention_dcms()
         except ValueError:  # a baseline, or DCMs without masks: no attention panel
-            self.dcms = []
+            self.dcms = self.shown_dcms = []
 
     def about(self):
         """The page's first lines: the model, its scale and the encoder its prompts are encoded with."""
@@ -274,8 +274,8 @@ def build_blocks(page, gr):
             with gr.Column():
                 auto = f'0: tiles of {AUTO_TILE} beyond {AUTO_SIDE}x{AUTO_SIDE}'
                 tile = gr.Number(page.tile or 0, precision=0, minimum=0, label=f'tile (LR px; {auto})', elem_id='tile')
-                first_last = page.dcms[:1] + page.dcms[-1:] if len(page.dcms) > 1 else page.dcms
-                dcms = gr.CheckboxGroup(page.dcms, value=first_last, label='attention masks of DCMs', elem_id='dcms')
+                label = 'attention masks of DCMs'
+                dcms = gr.CheckboxGroup(page.dcms, value=page.shown_dcms, label=label, elem_id='dcms')
                 button = gr.Button('Run', variant='primary', elem_id='run')
         status = gr.Markdown(elem_id='status')
         shown = dict(height='auto', object_fit='contain')  # whole pictures: the masks' colour bar too
